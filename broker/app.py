@@ -1,0 +1,66 @@
+"""The composition root: ``create_app`` wires settings, collaborators and routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from broker import handlers
+from broker.gateway import Gateway
+from broker.keys import gateway_key, registry_key
+from broker.metrics import Metrics
+from broker.middlewares import error_responses, request_context
+from broker.settings import Settings
+
+SESSION_INIT_PATHS = ("/v1/checkout-auth/init", "/checkout-auth/init")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    serve_metrics: bool = True,
+) -> web.Application:
+    registry = registry if registry is not None else CollectorRegistry()
+    gateway = Gateway(settings, Metrics.create(registry))
+    app = web.Application(
+        middlewares=[request_context, error_responses],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[gateway_key] = gateway
+    app[registry_key] = registry
+    app.cleanup_ctx.append(_gateway_lifetime)
+    app.on_shutdown.append(_stop_being_ready)
+
+    router = app.router
+    router.add_get("/healthz", handlers.health)
+    router.add_get("/readyz", handlers.readiness)
+    router.add_get("/.well-known/jwks.json", handlers.jwks)
+    if serve_metrics:
+        router.add_get("/metrics", make_aiohttp_handler(registry))
+    for path in SESSION_INIT_PATHS:
+        router.add_post(path, handlers.issue_session)
+    for prefix in settings.upstream.proxy_prefixes:
+        router.add_route("*", prefix + "{tail:.*}", handlers.proxy)
+    return app
+
+
+def create_metrics_app(registry: CollectorRegistry) -> web.Application:
+    """``/metrics`` alone, for ``[metrics] port``: keeps scrapes off the public port."""
+    app = web.Application()
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    return app
+
+
+async def _gateway_lifetime(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[gateway_key]
+    await gateway.start()
+    yield
+    await gateway.close()
+
+
+async def _stop_being_ready(app: web.Application) -> None:
+    app[gateway_key].draining = True

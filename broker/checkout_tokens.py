@@ -1,0 +1,260 @@
+"""Tier 2: checkout JWTs per (customer, invoice): cached, minted once, renewed ahead.
+
+Only the first request for a key waits on a mint. A key still in use after its mint is
+renewed in the background before its forwarding deadline, by a single scheduler task
+over a heap of refresh times (no timer per key, so a million keys stay cheap).
+Concurrent requests for one key share one mint task, shielded so that a caller who
+disconnects does not cancel it for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import random
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import structlog
+
+from broker.credentials import CheckoutToken, TokenKey, effective_expiry, fingerprint
+from broker.errors import BadGateway, BrokerError, RateBudgetExhausted, TokenMismatch
+from broker.metrics import TIER_CHECKOUT, Metrics
+from broker.partner_api import (
+    MintedToken,
+    PartnerApi,
+    PartnerTokenRejected,
+    UpstreamRateLimited,
+)
+from broker.partner_token import PartnerToken
+from broker.rate_budget import RateBudget
+from broker.token_store import TokenStore
+
+log = structlog.get_logger("broker.checkout_tokens")
+
+HIT = "hit"
+REFRESHED_AHEAD = "refreshed_ahead"
+MINTED = "minted"
+COALESCED = "coalesced"
+FAILED = "failed"
+# A failed background renewal is retried this much later while the token lasts.
+RENEWAL_RETRY_DELAY = 1.0
+
+
+class Lookup(NamedTuple):
+    token: CheckoutToken
+    outcome: str
+
+
+class CheckoutTokens:
+    def __init__(
+        self,
+        *,
+        store: TokenStore,
+        api: PartnerApi,
+        partner: PartnerToken,
+        budget: RateBudget,
+        metrics: Metrics,
+        refresh_margin: float,
+        max_wait: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._api = api
+        self._partner = partner
+        self._budget = budget
+        self._metrics = metrics
+        self._refresh_margin = refresh_margin
+        self._max_wait = max_wait
+        self._clock = clock
+        self._inflight: dict[TokenKey, asyncio.Task[CheckoutToken]] = {}
+        self._schedule: list[tuple[float, TokenKey]] = []
+        self._wakeup = asyncio.Event()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._outcomes = {
+            outcome: metrics.token_lookups.labels(tier=TIER_CHECKOUT, outcome=outcome)
+            for outcome in (HIT, REFRESHED_AHEAD, MINTED, COALESCED, FAILED)
+        }
+        self._remaining = metrics.token_remaining.labels(tier=TIER_CHECKOUT)
+        self._mint_duration = metrics.mint_duration.labels(tier=TIER_CHECKOUT)
+        metrics.track_cache_size(lambda: len(store))
+
+    @property
+    def store(self) -> TokenStore:
+        return self._store
+
+    def start(self) -> None:
+        self._scheduler = asyncio.get_running_loop().create_task(self._run_scheduler())
+
+    async def close(self) -> None:
+        tasks = [*self._inflight.values()]
+        if self._scheduler is not None:
+            tasks.append(self._scheduler)  # type: ignore[arg-type]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def get(self, key: TokenKey) -> Lookup:
+        """A token that may be forwarded now; waits on a mint only when none is cached."""
+        now = self._clock()
+        token = self._store.get(key)
+        if token is not None and now < token.forward_until:
+            outcome = REFRESHED_AHEAD if token.last_used == 0.0 else HIT
+            token.last_used = now
+            if now >= token.refresh_at and key not in self._inflight:
+                self._start_mint(key, ahead=True)  # the scheduler is late; catch up
+            self._count(outcome, token, now)
+            return Lookup(token, outcome)
+        return await self._wait_for_mint(key)
+
+    async def replace_rejected(self, key: TokenKey, rejected: CheckoutToken) -> Lookup:
+        """The upstream refused *rejected*: evict it (if still cached) and get another."""
+        self._store.discard(key, rejected)
+        current = self._store.get(key)
+        if current is not None and current is not rejected:
+            return await self.get(key)  # another request already replaced it
+        return await self._wait_for_mint(key)
+
+    def evict_customer(self, customer_id: str) -> int:
+        keys = self._store.keys_of_customer(customer_id)
+        for key in keys:
+            self._store.discard(key)
+        return len(keys)
+
+    async def _wait_for_mint(self, key: TokenKey) -> Lookup:
+        task = self._inflight.get(key)
+        if task is None:
+            outcome, task = MINTED, self._start_mint(key, ahead=False)
+        else:
+            outcome = COALESCED
+        try:
+            token = await asyncio.shield(task)
+        except BrokerError:
+            self._outcomes[FAILED].inc()
+            raise
+        now = self._clock()
+        token.last_used = max(token.last_used, token.obtained_at)
+        self._count(outcome, token, now)
+        return Lookup(token, outcome)
+
+    def _count(self, outcome: str, token: CheckoutToken, now: float) -> None:
+        self._outcomes[outcome].inc()
+        self._remaining.observe(token.expires_at - now)
+
+    def _start_mint(self, key: TokenKey, *, ahead: bool) -> asyncio.Task[CheckoutToken]:
+        task = asyncio.get_running_loop().create_task(self._mint(key, ahead=ahead))
+        self._inflight[key] = task  # referenced until done: no GC footgun
+        task.add_done_callback(lambda done: self._mint_done(key, done, ahead=ahead))
+        return task
+
+    def _mint_done(self, key: TokenKey, task: asyncio.Task[CheckoutToken], *, ahead: bool) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and ahead:
+            current = self._store.get(key)
+            retry_at = self._clock() + RENEWAL_RETRY_DELAY
+            if current is not None and retry_at < current.forward_until:
+                self._push(retry_at, key)
+            log.warning("checkout_token_renewal_failed", key=str(key), error=type(exc).__name__)
+
+    async def _mint(self, key: TokenKey, *, ahead: bool) -> CheckoutToken:
+        started = self._clock()
+        max_wait = self._max_wait
+        if ahead and (current := self._store.get(key)) is not None:
+            # A renewal never waits past the moment the current token stops being usable.
+            max_wait = min(max_wait, max(0.0, current.forward_until - started))
+        minted = await self._call_upstream(key, max_wait)
+        expires_at, claims = effective_expiry(minted.token, minted.expires_at)
+        if claims is not None:
+            for claim, expected in (
+                ("customer_id", key.customer_id),
+                ("invoice_id", key.invoice_id),
+            ):
+                if claim in claims and claims[claim] != expected:
+                    log.error("checkout_token_mismatch", key=str(key), claim=claim)
+                    raise TokenMismatch(f"minted token carries another {claim}")
+        now = self._clock()
+        if expires_at <= now:
+            raise BadGateway("minted token is already expired")
+        token = CheckoutToken.create(
+            minted.token,
+            expires_at=expires_at,
+            now=now,
+            refresh_margin=self._refresh_margin,
+            jitter=random.random(),  # noqa: S311 - spreading load, not security
+            refreshed_ahead=ahead,
+        )
+        self._store.put(key, token)
+        self._push(token.refresh_at, key)
+        self._mint_duration.observe(now - started)
+        log.info(
+            "checkout_token_minted",
+            customer_id=key.customer_id,
+            invoice_id=key.invoice_id,
+            token_fp=fingerprint(minted.token),
+            expires_in_s=round(expires_at - now, 3),
+            ahead=ahead,
+        )
+        return token
+
+    async def _call_upstream(self, key: TokenKey, max_wait: float) -> MintedToken:
+        for attempt in (1, 2):
+            await self._acquire_budget(max_wait)
+            bearer = await self._partner.get()
+            try:
+                return await self._api.mint_checkout_token(bearer, key)
+            except PartnerTokenRejected:
+                self._partner.invalidate(bearer)  # revoked or rotated: fetch anew, once
+                if attempt == 2:
+                    raise
+            except UpstreamRateLimited as exc:
+                retry_after = exc.retry_after or 1.0
+                self._budget.pause(retry_after)
+                log.warning("upstream_rate_limited", kind="mint", retry_after_s=retry_after)
+                if attempt == 2 or retry_after > max_wait:
+                    self._metrics.rate_budget_exhausted.inc()
+                    raise RateBudgetExhausted("upstream 429", retry_after=retry_after) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _acquire_budget(self, max_wait: float) -> None:
+        try:
+            waited = await self._budget.acquire(max_wait)
+        except RateBudgetExhausted:
+            self._metrics.rate_budget_exhausted.inc()
+            log.warning("rate_budget_exhausted", kind="mint")
+            raise
+        if waited > 0:
+            log.info("rate_budget_waited", kind="mint", waited_s=round(waited, 3))
+
+    def _push(self, when: float, key: TokenKey) -> None:
+        if not self._schedule or when < self._schedule[0][0]:
+            self._wakeup.set()
+        heapq.heappush(self._schedule, (when, key))
+
+    async def _run_scheduler(self) -> None:
+        while True:
+            if not self._schedule:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                continue
+            when, key = self._schedule[0]
+            delay = when - self._clock()
+            if delay > 0:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
+                continue
+            heapq.heappop(self._schedule)
+            token = self._store.get(key)
+            if (
+                token is not None
+                and token.refresh_at <= when
+                and token.used_since_obtained()
+                and key not in self._inflight
+            ):
+                self._start_mint(key, ahead=True)

@@ -1,0 +1,144 @@
+"""The ``token-broker`` command: serve, sandbox, check-config, keygen.
+
+Exit codes: 0 ok, 1 bad configuration, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from broker import __version__
+from broker.logs import configure_logging
+from broker.settings import ConfigError, Settings, load_settings, redacted_values
+
+EXIT_OK, EXIT_CONFIG, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    raise SystemExit(args.command(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="token-broker",
+        description="A gateway that swaps browser session tokens for checkout JWTs.",
+    )
+    parser.add_argument("--version", action="version", version=f"token-broker {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration")
+    source.add_argument(
+        "--sandbox", action="store_true", help="run against an embedded sandbox upstream"
+    )
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument(
+        "--workers", type=int, help="processes sharing the port (overrides server.workers)"
+    )
+    serve.add_argument("--sandbox-port", type=int, default=8081, help="the embedded sandbox's port")
+    serve.set_defaults(command=_serve)
+
+    sandbox = commands.add_parser("sandbox", help="run only the sandbox upstream")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8081)
+    sandbox.add_argument(
+        "--token-ttl", type=float, default=300.0, help="checkout JWT lifetime (seconds)"
+    )
+    sandbox.set_defaults(command=_sandbox)
+
+    check = commands.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(command=_check_config)
+
+    keygen = commands.add_parser("keygen", help="print a new ES256 private key (PEM)")
+    keygen.set_defaults(command=_keygen)
+    return parser
+
+
+def load_for_serve(
+    path: Path, environ: Mapping[str, str], host: str | None, port: int | None
+) -> Settings:
+    settings = load_settings(path, environ)
+    server = settings.server
+    server = dataclasses.replace(
+        server, host=host or server.host, port=server.port if port is None else port
+    )
+    return dataclasses.replace(settings, server=server)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from broker.server import run  # noqa: PLC0415 - keeps check-config/keygen light
+
+    if args.sandbox:
+        from broker.sandbox_mode import serve_with_sandbox  # noqa: PLC0415
+
+        return serve_with_sandbox(host=args.host, port=args.port, sandbox_port=args.sandbox_port)
+    load = functools.partial(
+        load_for_serve, args.config.resolve(), dict(os.environ), args.host, args.port
+    )
+    try:
+        settings = load()
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    workers = settings.server.workers if args.workers is None else args.workers
+    run(load, workers or os.cpu_count() or 1)
+    return EXIT_OK
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from aiohttp import web  # noqa: PLC0415
+
+    from broker.sandbox import SandboxSettings, create_sandbox_app  # noqa: PLC0415
+
+    configure_logging(fmt="auto", level="info")
+    app = create_sandbox_app(SandboxSettings(token_ttl=args.token_ttl))
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        load_settings(args.file, os.environ)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    effective = redacted_values(args.file, os.environ)
+    print(json.dumps(effective, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _keygen(_args: argparse.Namespace) -> int:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    sys.stdout.write(pem.decode())
+    return EXIT_OK
+
+
+def _print_problems(exc: ConfigError) -> None:
+    lines = "\n".join(f"  - {problem}" for problem in exc.problems)
+    sys.stderr.write(
+        f"token-broker: invalid configuration ({len(exc.problems)} problems):\n{lines}\n"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,113 @@
+"""Upstream credentials as values: the checkout JWT, its key, lifetime rules and fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import jwt
+
+# The share of a token's lifetime kept as a margin before expiry (design.md "Tokens"):
+# a 3-second token keeps most of its life, a 1-hour token is renewed a minute early.
+MARGIN_SHARE = 0.2
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class TokenKey(NamedTuple):
+    """What one checkout JWT is scoped to."""
+
+    customer_id: str
+    invoice_id: str
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}/{self.invoice_id}"
+
+
+def valid_id(value: object) -> bool:
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def fingerprint(token: str) -> str:
+    """A short, non-reversible name for a token: safe for logs, never the token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def margin_for(lifetime: float, refresh_margin: float) -> float:
+    return min(refresh_margin, max(lifetime, 0.0) * MARGIN_SHARE)
+
+
+@dataclass(slots=True, eq=False)
+class CheckoutToken:
+    """A checkout JWT and the times that govern its use.
+
+    ``forward_until`` is the last moment it may be sent upstream; ``refresh_at`` is
+    when a key still in use gets a new token in the background.
+    """
+
+    value: str = field(repr=False)
+    expires_at: float
+    obtained_at: float
+    forward_until: float
+    refresh_at: float
+    refreshed_ahead: bool = False
+    # Set by lookups; a token used after the request that minted it is "in use".
+    last_used: float = 0.0
+
+    @classmethod
+    def create(
+        cls,
+        value: str,
+        *,
+        expires_at: float,
+        now: float,
+        refresh_margin: float,
+        jitter: float = 0.0,
+        refreshed_ahead: bool = False,
+    ) -> CheckoutToken:
+        """Derive the forwarding deadline and refresh point; ``jitter`` is in [0, 1)."""
+        lifetime = expires_at - now
+        margin = margin_for(lifetime, refresh_margin)
+        forward_until = expires_at - margin
+        # Start renewing a little before the deadline (up to another margin, jittered
+        # so that keys minted together do not all renew in the same instant).
+        refresh_at = forward_until - margin * (0.5 + 0.5 * jitter)
+        return cls(
+            value=value,
+            expires_at=expires_at,
+            obtained_at=now,
+            forward_until=forward_until,
+            refresh_at=max(refresh_at, now),
+            refreshed_ahead=refreshed_ahead,
+            last_used=0.0 if refreshed_ahead else now,
+        )
+
+    def forwardable(self, now: float) -> bool:
+        return now < self.forward_until
+
+    def used_since_obtained(self) -> bool:
+        return self.last_used > self.obtained_at
+
+
+def unverified_claims(token: str) -> dict[str, object] | None:
+    """The JWT's claims without verifying the signature, or None for an opaque token.
+
+    The broker cannot verify the vendor's signature (it holds no key); the claims are
+    only used to tighten expiry and to catch a token minted for the wrong key.
+    """
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def effective_expiry(token: str, expires_at: float) -> tuple[float, dict[str, object] | None]:
+    """The earlier of ``expires_at`` and the JWT's own ``exp``, and the claims."""
+    claims = unverified_claims(token)
+    if claims is not None:
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            expires_at = min(expires_at, float(exp))
+    return expires_at, claims

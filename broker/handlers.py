@@ -1,0 +1,161 @@
+"""Request handlers: parse the request, call collaborators, answer. Nothing else."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import aiohttp
+import structlog
+from aiohttp import hdrs, web
+from yarl import URL
+
+from broker.credentials import TokenKey, valid_id
+from broker.errors import BadGateway, BadRequest, MethodNotAllowed
+from broker.exchange import Exchange
+from broker.gateway import Gateway
+from broker.keys import exchange_key, gateway_key
+from broker.middlewares import REQUEST_ID_HEADER
+from broker.paths import check_proxy_target
+from broker.relay import (
+    downstream_response_headers,
+    read_body,
+    stream_back,
+    upstream_request_headers,
+    upstream_url,
+)
+from broker.sessions import AuthFailure
+from broker.upstream import upstream_call
+
+log = structlog.get_logger("broker.handlers")
+
+PROXY_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+NO_STORE = {hdrs.CACHE_CONTROL: "no-store"}
+MAX_INIT_BODY = 4096
+
+
+def bearer_token(request: web.Request) -> str:
+    """The one ``Authorization: Bearer`` credential, or an AuthFailure naming why not."""
+    values = request.headers.getall(hdrs.AUTHORIZATION, ())
+    if not values:
+        raise AuthFailure("missing")
+    if len(values) > 1:
+        raise BadRequest("Duplicate Authorization header.")
+    scheme, _, credential = values[0].strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential or " " in credential:
+        raise AuthFailure("malformed")
+    return credential
+
+
+async def health(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"}, headers=NO_STORE)
+
+
+async def readiness(request: web.Request) -> web.Response:
+    gateway = request.app[gateway_key]
+    problems = await gateway.readiness_problems()
+    gateway.metrics.ready.set(0 if problems else 1)
+    if problems:
+        body = {"status": "not_ready", "reasons": problems}
+        return web.json_response(body, status=503, headers=NO_STORE)
+    return web.json_response({"status": "ready"}, headers=NO_STORE)
+
+
+async def jwks(request: web.Request) -> web.Response:
+    keys = request.app[gateway_key].sessions.jwks()
+    return web.json_response(keys, headers={hdrs.CACHE_CONTROL: "public, max-age=300"})
+
+
+async def issue_session(request: web.Request) -> web.Response:
+    """``POST /v1/checkout-auth/init`` for the partner backend (API key)."""
+    gateway = request.app[gateway_key]
+    if not gateway.api_keys.check(bearer_token(request)):
+        raise AuthFailure("unknown_api_key")
+    key = await _read_token_key(request)
+    exchange = request[exchange_key]
+    exchange.customer_id, exchange.invoice_id = key
+    issued = gateway.sessions.issue(key, client_id=gateway.settings.upstream.client_id)
+    gateway.metrics.sessions_issued.labels(auth="api_key").inc()
+    body = {"token": issued.token, "expires_at": issued.expires_at}
+    return web.json_response(body, headers=NO_STORE)
+
+
+async def _read_token_key(request: web.Request) -> TokenKey:
+    if request.content_length is not None and request.content_length > MAX_INIT_BODY:
+        raise BadRequest("The request body is too large.")
+    raw = await request.content.read(MAX_INIT_BODY + 1)
+    if len(raw) > MAX_INIT_BODY:
+        raise BadRequest("The request body is too large.")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BadRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    customer_id, invoice_id = body.get("customer_id"), body.get("invoice_id")
+    if not valid_id(customer_id):
+        raise BadRequest("invalid customer id")
+    if not valid_id(invoice_id):
+        raise BadRequest("invalid invoice id")
+    return TokenKey(str(customer_id), str(invoice_id))
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    """Verify the session, swap in the checkout JWT, forward, stream the answer back."""
+    gateway = request.app[gateway_key]
+    exchange = request[exchange_key]
+    if request.method not in PROXY_METHODS:
+        raise MethodNotAllowed()
+    raw_path, raw_query = check_proxy_target(
+        request.raw_path, gateway.settings.upstream.proxy_prefixes
+    )
+    session = gateway.sessions.verify(bearer_token(request))
+    exchange.customer_id, exchange.invoice_id = session.key
+    body = await read_body(request, gateway.settings.max_body_bytes)
+    url = upstream_url(gateway.settings.upstream.base_url, raw_path, raw_query)
+    tokens = gateway.connected.tokens
+
+    lookup = await tokens.get(session.key)
+    exchange.token_outcome = lookup.outcome
+    upstream = await _send(gateway, request, exchange, url, body, lookup.token.value)
+    if upstream.status == 401:
+        upstream.release()
+        lookup = await tokens.replace_rejected(session.key, lookup.token)
+        upstream = await _send(gateway, request, exchange, url, body, lookup.token.value)
+        result = "failed" if upstream.status == 401 else "recovered"
+        gateway.metrics.upstream_unauthorized.labels(result=result).inc()
+        log.info("upstream_unauthorized_" + result, customer_id=session.key.customer_id)
+        if upstream.status == 401:
+            upstream.release()
+            raise BadGateway("upstream refused a freshly minted token")
+    try:
+        if 300 <= upstream.status < 400:
+            raise BadGateway(f"upstream redirected ({upstream.status})")
+        headers = downstream_response_headers(upstream.headers)
+        headers[REQUEST_ID_HEADER] = exchange.request_id
+        return await stream_back(request, upstream, headers)
+    finally:
+        upstream.release()
+
+
+async def _send(
+    gateway: Gateway,
+    request: web.Request,
+    exchange: Exchange,
+    url: URL,
+    body: bytes | None,
+    bearer: str,
+) -> aiohttp.ClientResponse:
+    headers = upstream_request_headers(
+        request.headers, bearer=bearer, request_id=exchange.request_id
+    )
+    started = time.perf_counter()
+    async with upstream_call(gateway.metrics, "proxy") as record:
+        response = await gateway.connected.http.request(
+            request.method, url, headers=headers, data=body, allow_redirects=False
+        )
+        record.status = str(response.status)
+    exchange.upstream_status = response.status
+    exchange.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+    return response

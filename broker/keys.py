@@ -1,0 +1,13 @@
+"""Every ``web.AppKey`` and ``web.RequestKey``, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from broker.exchange import Exchange
+from broker.gateway import Gateway
+
+gateway_key = web.AppKey("gateway", Gateway)
+registry_key = web.AppKey("registry", CollectorRegistry)
+exchange_key = web.RequestKey("exchange", Exchange)

@@ -1,0 +1,113 @@
+"""structlog configuration (called once at start-up) and the redaction it guarantees.
+
+Our events and aiohttp's own loggers (``aiohttp.access``, ``aiohttp.server``,
+``aiohttp.client``) go through one pipeline, one JSON object per line on stdout (or
+the console renderer on a TTY). Defence in depth: besides never logging credentials,
+the pipeline redacts any field whose name suggests a secret, replaces anything that
+looks like a JWT with its fingerprint, strips header bytes from aiohttp's parser-error
+messages, and renders tracebacks without frame locals (they hold bearer tokens).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import TextIO
+
+import structlog
+from structlog.types import EventDict, Processor, WrappedLogger
+
+from broker.credentials import fingerprint
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+# aiohttp quotes offending header bytes in parser errors: b'Authorization: ...'.
+_QUOTED_BYTES = re.compile(r"""b(['"]).*?(?<!\\)\1""", re.DOTALL)
+_SECRET_NAMES = ("authorization", "cookie", "secret", "password", "api_key", "token")
+_SAFE_NAMES = frozenset({"token_outcome", "token_fp", "tokens_evicted"})
+
+
+def redact_text(text: str) -> str:
+    text = _JWT.sub(lambda m: f"<jwt:{fingerprint(m.group(0))}>", text)
+    return _BEARER.sub(lambda m: f"{m.group(1)} <redacted>", text)
+
+
+def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Scrub secrets from every field: by name, and by shape for anything textual."""
+    for name, value in event_dict.items():
+        lowered = name.lower()
+        if lowered not in _SAFE_NAMES and any(s in lowered for s in _SECRET_NAMES):
+            event_dict[name] = "<redacted>"
+        elif isinstance(value, str) and ("eyJ" in value or "earer" in value or "asic" in value):
+            event_dict[name] = redact_text(value)
+    return event_dict
+
+
+def scrub_aiohttp_records(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """aiohttp's messages may quote raw request bytes (headers, tokens): drop them."""
+    record = event_dict.get("_record")
+    if record is not None and record.name.startswith("aiohttp"):
+        event = event_dict.get("event")
+        if isinstance(event, str):
+            event_dict["event"] = _QUOTED_BYTES.sub("b'<redacted>'", event)
+        exc_info = event_dict.pop("exc_info", None)
+        if exc_info:
+            exc = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+            if isinstance(exc, BaseException):
+                event_dict["error"] = type(exc).__name__
+    return event_dict
+
+
+def configure_logging(
+    *, fmt: str = "auto", level: str = "info", stream: TextIO | None = None
+) -> None:
+    """Configure structlog and the stdlib root logger; call once, from the entrypoint."""
+    stream = stream or sys.stdout
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Processor
+    if use_console:
+        # plain_traceback: rich's default formatter would print frame locals.
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        tracebacks: Processor = _identity
+    else:
+        renderer = structlog.processors.JSONRenderer()
+        tracebacks = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            scrub_aiohttp_records,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            tracebacks,
+            redact,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # The canonical request_finished line replaces aiohttp's access lines.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _identity(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    return event_dict

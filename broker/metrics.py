@@ -1,0 +1,126 @@
+"""Prometheus metrics, built on a registry the caller owns (never at import time).
+
+Labels are bounded by construction: routes by template, statuses by code, upstream
+calls by kind. No customer, invoice, path or token ever becomes a label value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from broker import __version__
+
+# Proxy latency sits in the low milliseconds; mints and slow upstreams reach seconds.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+REMAINING_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
+
+TIER_PARTNER = "partner"
+TIER_CHECKOUT = "checkout"
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    requests: Counter
+    request_duration: Histogram
+    upstream_requests: Counter
+    upstream_duration: Histogram
+    token_lookups: Counter
+    mint_duration: Histogram
+    token_remaining: Histogram
+    upstream_unauthorized: Counter
+    cache_entries: Gauge
+    sessions_issued: Counter
+    auth_failures: Counter
+    inflight: Gauge
+    build_info: Gauge
+    ready: Gauge
+    rate_budget_exhausted: Counter
+    credentials_rejected: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> Metrics:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry)
+
+        def histogram(
+            name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+        ) -> Histogram:
+            return Histogram(name, doc, labels, registry=registry, buckets=buckets)
+
+        metrics = cls(
+            requests=counter(
+                "broker_requests_total", "Requests answered.", ("route", "method", "status")
+            ),
+            request_duration=histogram(
+                "broker_request_duration_seconds",
+                "Time to answer a request.",
+                ("route",),
+                LATENCY_BUCKETS,
+            ),
+            upstream_requests=counter(
+                "broker_upstream_requests_total",
+                "Calls to the upstream API by kind and status (or error class).",
+                ("kind", "status"),
+            ),
+            upstream_duration=histogram(
+                "broker_upstream_request_duration_seconds",
+                "Upstream call time until response headers.",
+                ("kind",),
+                LATENCY_BUCKETS,
+            ),
+            token_lookups=counter(
+                "broker_token_lookups_total",
+                "Token lookups by tier and outcome.",
+                ("tier", "outcome"),
+            ),
+            mint_duration=histogram(
+                "broker_token_mint_duration_seconds",
+                "Time to obtain a new token, rate-budget wait included.",
+                ("tier",),
+                LATENCY_BUCKETS,
+            ),
+            token_remaining=histogram(
+                "broker_token_remaining_seconds",
+                "Lifetime left on a token when it is used.",
+                ("tier",),
+                REMAINING_BUCKETS,
+            ),
+            upstream_unauthorized=counter(
+                "broker_upstream_unauthorized_total",
+                "Upstream 401s on forwarded calls, by whether a fresh token recovered.",
+                ("result",),
+            ),
+            cache_entries=gauge("broker_token_cache_entries", "Checkout JWTs cached."),
+            sessions_issued=counter(
+                "broker_sessions_issued_total", "Session tokens issued.", ("auth",)
+            ),
+            auth_failures=counter(
+                "broker_auth_failures_total",
+                "Refused API keys and session tokens, by reason.",
+                ("reason",),
+            ),
+            inflight=gauge("broker_inflight_requests", "Requests being handled."),
+            build_info=gauge("broker_build_info", "Build information.", ("version",)),
+            ready=gauge("broker_ready", "1 while /readyz answers 200."),
+            rate_budget_exhausted=counter(
+                "broker_rate_budget_exhausted_total",
+                "Partner calls refused because the per-second budget was used up.",
+            ),
+            credentials_rejected=gauge(
+                "broker_partner_credentials_rejected",
+                "1 while the upstream rejects the partner OAuth credentials.",
+            ),
+        )
+        metrics.build_info.labels(version=__version__).set(1)
+        return metrics
+
+    def track_cache_size(self, size: Callable[[], float]) -> None:
+        self.cache_entries.set_function(size)

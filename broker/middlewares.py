@@ -1,0 +1,117 @@
+"""Middlewares, outermost first: ``request_context`` then ``error_responses``.
+
+``request_context`` is outermost so that every log line carries the request id and
+the metrics count the *mapped* status; ``error_responses`` is innermost so that it
+sees domain exceptions first and turns them into the upstream's error shape.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+
+from broker.errors import BrokerError, MethodNotAllowed, NotFound, PayloadTooLarge
+from broker.exchange import Exchange
+from broker.keys import exchange_key, gateway_key
+from broker.sessions import AuthFailure
+
+log = structlog.get_logger("broker.requests")
+
+# A caller's X-Request-Id is kept only when it is short and plain.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def route_template(request: web.BaseRequest) -> str:
+    match_info = getattr(request, "match_info", None)
+    route = getattr(match_info, "route", None)
+    resource = getattr(route, "resource", None)
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def request_id_for(request: web.BaseRequest) -> str:
+    values = request.headers.getall(REQUEST_ID_HEADER, ())
+    if len(values) == 1 and _SANE_REQUEST_ID.fullmatch(values[0]):
+        return values[0]
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[gateway_key].metrics
+    exchange = Exchange(request_id=request_id_for(request), route=route_template(request))
+    request[exchange_key] = exchange
+    structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
+    method = request.method if request.method in _KNOWN_METHODS else "OTHER"
+    started = time.perf_counter()
+    status = 500
+    metrics.inflight.inc()
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = exchange.request_id
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.inflight.dec()
+        metrics.requests.labels(route=exchange.route, method=method, status=str(status)).inc()
+        metrics.request_duration.labels(route=exchange.route).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def error_responses(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BrokerError as exc:
+        if request.writer.output_size:  # headers already sent: only a reset is left
+            raise
+        return error_response(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(request, _from_http_exception(exc))
+    except Exception:
+        if request.writer.output_size:
+            raise
+        log.exception("unhandled_error")
+        return error_response(request, BrokerError("unhandled error"))
+
+
+def error_response(request: web.Request, exc: BrokerError) -> web.Response:
+    exchange = request.get(exchange_key)
+    if exchange is not None:
+        exchange.error_code = exc.code
+    if isinstance(exc, AuthFailure):
+        request.app[gateway_key].metrics.auth_failures.labels(reason=exc.reason).inc()
+    if exc.status >= 500:
+        log.warning("request_failed", code=exc.code, detail=exc.detail)
+    headers = {hdrs.CACHE_CONTROL: "no-store"}
+    if exc.retry_after is not None:
+        headers[hdrs.RETRY_AFTER] = str(max(1, math.ceil(exc.retry_after)))
+    if exc.status == 401:
+        headers[hdrs.WWW_AUTHENTICATE] = 'Bearer error="invalid_token"'
+    return web.json_response(exc.body(), status=exc.status, headers=headers)
+
+
+def _from_http_exception(exc: web.HTTPException) -> BrokerError:
+    if exc.status == 404:
+        return NotFound()
+    if exc.status == 405:
+        return MethodNotAllowed()
+    if exc.status == 413:
+        return PayloadTooLarge()
+    error = BrokerError(exc.reason)
+    error.status = exc.status  # type: ignore[misc]  # keep the router's status
+    error.code = exc.reason.lower().replace(" ", "_")  # type: ignore[misc]
+    error.message = exc.reason  # type: ignore[misc]
+    return error

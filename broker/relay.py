@@ -1,0 +1,122 @@
+"""Forwarding one request upstream and streaming the answer back, headers cleaned."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from broker.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from broker.upstream import USER_AGENT
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the legacy Proxy-Connection.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# The only browser headers the upstream gets; everything else (Authorization, Cookie,
+# X-Forwarded-*, Origin, ...) stays at the broker.
+FORWARDED_REQUEST_HEADERS = ("Accept", "Accept-Language", "Content-Type", "Idempotency-Key")
+_SINGLE_VALUED = frozenset({"content-type", "idempotency-key"})
+# Never relayed to the browser: cookies, and fields the broker itself owns.
+_DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
+    "set-cookie",
+    "set-cookie2",
+    "date",
+    "server",
+    "cache-control",
+    "www-authenticate",
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-headers",
+    "access-control-allow-methods",
+    "access-control-expose-headers",
+    "access-control-max-age",
+}
+STREAM_CHUNK = 64 * 1024
+
+
+def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """Header names listed in ``Connection``: hop-by-hop for this connection only."""
+    names: set[str] = set()
+    for value in headers.getall(hdrs.CONNECTION, ()):
+        names.update(token.strip().lower() for token in value.split(","))
+    return frozenset(names)
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str], *, bearer: str, request_id: str
+) -> dict[str, str]:
+    named = connection_tokens(incoming)
+    headers: dict[str, str] = {}
+    for name in FORWARDED_REQUEST_HEADERS:
+        lowered = name.lower()
+        if lowered in named:
+            continue
+        values = incoming.getall(name, ())
+        if not values:
+            continue
+        if len(values) > 1 and lowered in _SINGLE_VALUED:
+            raise BadRequest(f"Duplicate {name} header.")
+        headers[name] = ", ".join(values)
+    headers[hdrs.AUTHORIZATION] = f"Bearer {bearer}"
+    headers[hdrs.USER_AGENT] = USER_AGENT
+    headers["X-Request-Id"] = request_id
+    return headers
+
+
+def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    named = connection_tokens(upstream)
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        lowered = name.lower()
+        if lowered not in _DROPPED_RESPONSE_HEADERS and lowered not in named:
+            headers.add(name, value)
+    headers[hdrs.CACHE_CONTROL] = "no-store"
+    return headers
+
+
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole request body (bounded, so that it can be replayed after a 401)."""
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding != "identity":
+        raise UnsupportedMediaType("compressed request body")
+    if not request.body_exists:
+        return None
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"declared body of {request.content_length} bytes")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(STREAM_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge("streamed body over the limit")
+    return bytes(body)
+
+
+def upstream_url(base: URL, raw_path: str, raw_query: str) -> URL:
+    """The upstream URL with the caller's path and query kept byte for byte."""
+    target = str(base).rstrip("/") + raw_path + (f"?{raw_query}" if raw_query else "")
+    return URL(target, encoded=True)
+
+
+async def stream_back(
+    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    await response.prepare(request)
+    # A failure from here on propagates: aiohttp drops the connection and the client
+    # sees a truncated body, never a well-framed but incomplete one.
+    async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+        await response.write(chunk)
+    await response.write_eof()
+    return response

@@ -1,0 +1,1 @@
+"""The sandbox's HTTP handlers, one module per group of upstream endpoints."""

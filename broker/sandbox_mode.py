@@ -1,0 +1,85 @@
+"""``token-broker serve --sandbox``: the gateway and a sandbox upstream in one process.
+
+This is the embedded default a new user starts with: demo credentials from
+``config/sandbox.toml``, a signing key generated for this run, and a printed quick
+start that works by copy and paste.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import os
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from broker.cli_text import quick_start
+from broker.logs import configure_logging
+from broker.sandbox import SandboxSettings, create_sandbox_app
+from broker.server import serve
+from broker.settings import ConfigError, Settings, load_settings
+
+log = structlog.get_logger("broker.sandbox_mode")
+
+EXIT_OK, EXIT_CONFIG = 0, 1
+
+
+def sandbox_config_path() -> Path:
+    """config/sandbox.toml from a checkout, else the copy shipped inside the wheel."""
+    in_repo = Path(__file__).resolve().parent.parent / "config" / "sandbox.toml"
+    if in_repo.is_file():
+        return in_repo
+    return Path(str(importlib.resources.files("broker") / "_config" / "sandbox.toml"))
+
+
+def sandbox_settings(host: str | None, port: int | None, sandbox_port: int) -> Settings:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    environ = {
+        **os.environ,
+        "BROKER_SESSIONS_SIGNING_KEY": pem,
+        "BROKER_UPSTREAM_BASE_URL": f"http://127.0.0.1:{sandbox_port}",
+    }
+    if host:
+        environ["BROKER_SERVER_HOST"] = host
+    if port is not None:
+        environ["BROKER_SERVER_PORT"] = str(port)
+    return load_settings(sandbox_config_path(), environ)
+
+
+def serve_with_sandbox(*, host: str | None, port: int | None, sandbox_port: int) -> int:
+    try:
+        settings = sandbox_settings(host, port, sandbox_port)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"token-broker: {problem}")
+        return EXIT_CONFIG
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    asyncio.run(_run(settings, sandbox_port))
+    return EXIT_OK
+
+
+async def _run(settings: Settings, sandbox_port: int) -> None:
+    sandbox = SandboxSettings(
+        client_id=settings.upstream.client_id, client_secret=settings.upstream.client_secret
+    )
+    runner = web.AppRunner(create_sandbox_app(sandbox), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", sandbox_port).start()
+    log.info("sandbox_started", url=f"http://127.0.0.1:{sandbox_port}")
+
+    async def announce(urls: list[str]) -> None:
+        print(quick_start(settings, broker_url=urls[0], sandbox_port=sandbox_port), flush=True)
+
+    try:
+        await serve(settings, on_started=announce)
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,109 @@
+"""Running the gateway: listeners, signals, draining, and worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+import prometheus_client
+import structlog
+from aiohttp import web
+
+from broker import __version__
+from broker.access_log import AccessLogger
+from broker.app import create_app, create_metrics_app
+from broker.keys import gateway_key
+from broker.logs import configure_logging
+from broker.settings import Settings
+
+log = structlog.get_logger("broker.server")
+
+OnStarted = Callable[[list[str]], Awaitable[None]]
+
+
+async def serve(
+    settings: Settings, *, reuse_port: bool = False, on_started: OnStarted | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: not ready first, then stop listening."""
+    registry = prometheus_client.REGISTRY  # keeps the default process/GC collectors
+    separate_metrics = settings.metrics_port != 0
+    app = create_app(settings, registry=registry, serve_metrics=not separate_metrics)
+    runners = [
+        web.AppRunner(
+            app,
+            access_log_class=AccessLogger,
+            handler_cancellation=True,  # a caller gone stops its upstream call
+            shutdown_timeout=settings.server.shutdown_timeout,
+        )
+    ]
+    await runners[0].setup()
+    site = web.TCPSite(
+        runners[0], settings.server.host, settings.server.port, reuse_port=reuse_port or None
+    )
+    await site.start()
+    urls = [site.name]
+    if separate_metrics:
+        metrics_runner = web.AppRunner(create_metrics_app(registry), access_log=None)
+        await metrics_runner.setup()
+        metrics_site = web.TCPSite(
+            metrics_runner,
+            settings.server.host,
+            settings.metrics_port,
+            reuse_port=reuse_port or None,
+        )
+        await metrics_site.start()
+        runners.append(metrics_runner)
+        urls.append(metrics_site.name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("broker_started", version=__version__, listening=urls, pid=os.getpid())
+    if on_started is not None:
+        await on_started(urls)
+    await stop.wait()
+    app[gateway_key].draining = True
+    log.info("broker_draining", drain_delay_s=settings.server.drain_delay)
+    await asyncio.sleep(settings.server.drain_delay)
+    for runner in reversed(runners):
+        await runner.cleanup()  # stop listening, finish in-flight requests, close upstream
+    log.info("broker_stopped")
+
+
+LoadSettings = Callable[[], Settings]
+
+
+def run(load: LoadSettings, workers: int) -> None:
+    """Run in this process, or in *workers* processes sharing the port (SO_REUSEPORT).
+
+    *load* must be picklable (a module-level callable or a ``functools.partial`` of
+    one): each worker loads the settings itself, since key objects do not pickle.
+    """
+    if workers <= 1:
+        asyncio.run(serve(load()))
+        return
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker, args=(load,)) for _ in range(workers)]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for process in processes:
+        process.join()
+    failed = [p.exitcode for p in processes if p.exitcode]
+    raise SystemExit(1 if failed else 0)
+
+
+def _worker(load: LoadSettings) -> None:
+    settings = load()
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    asyncio.run(serve(settings, reuse_port=True))
