@@ -1,0 +1,89 @@
+"""Building blocks for tests: settings, a sandbox handle, session tokens."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric import ec
+from yarl import URL
+
+from broker.settings import (
+    SessionSettings,
+    Settings,
+    TokenSettings,
+    UpstreamSettings,
+)
+
+API_KEY = "test-api-key-0123456789"
+CLIENT_ID = "sandbox-client"
+CLIENT_SECRET = "sandbox-secret"
+
+
+@functools.cache
+def signing_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def make_settings(upstream_url: URL | str, **overrides: Any) -> Settings:
+    """Settings for a broker in front of *upstream_url*; keyword overrides by section."""
+    upstream = UpstreamSettings(
+        base_url=URL(str(upstream_url)),
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        read_timeout=overrides.pop("read_timeout", 5.0),
+        connect_timeout=1.0,
+        rate_limit_per_second=overrides.pop("rate_limit_per_second", 1000.0),
+        rate_limit_max_wait=overrides.pop("rate_limit_max_wait", 2.0),
+        proxy_prefixes=overrides.pop("proxy_prefixes", ("/checkout/",)),
+    )
+    sessions = SessionSettings(
+        signing_key=overrides.pop("signing_key", signing_key()),
+        verify_keys=overrides.pop("verify_keys", ()),
+        api_keys=(API_KEY,),
+        ttl=overrides.pop("session_ttl", 900),
+    )
+    tokens = TokenSettings(refresh_margin=overrides.pop("refresh_margin", 60.0))
+    return Settings(upstream=upstream, sessions=sessions, tokens=tokens, **overrides)
+
+
+@dataclass
+class Sandbox:
+    """The sandbox upstream as a test sees it: its URL and its control plane."""
+
+    url: URL
+    http: aiohttp.ClientSession
+
+    async def stats(self) -> dict[str, Any]:
+        async with self.http.get(self.url / "_sandbox/stats") as response:
+            result: dict[str, Any] = await response.json()
+            return result
+
+    async def requests(self, limit: int = 1000) -> list[dict[str, Any]]:
+        async with self.http.get(
+            self.url.with_path("/_sandbox/requests").with_query(limit=limit)
+        ) as response:
+            result: list[dict[str, Any]] = await response.json()
+            return result
+
+    async def checkout_requests(self) -> list[dict[str, Any]]:
+        """What reached the checkout endpoints (the partner-token warm-up excluded)."""
+        return [r for r in await self.requests() if r["raw_path"].startswith("/checkout")]
+
+    async def faults(self, **faults: Any) -> None:
+        async with self.http.post(self.url / "_sandbox/faults", json=faults) as response:
+            assert response.status == 200, await response.text()
+
+    async def reset(self) -> None:
+        async with self.http.post(self.url / "_sandbox/reset") as response:
+            assert response.status == 200
+
+    async def post(self, path: str, body: dict[str, Any]) -> None:
+        async with self.http.post(self.url.with_path(path), json=body) as response:
+            assert response.status == 200, await response.text()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,147 @@
+"""Configuration: file, environment and secret files; every problem at once; no leaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from broker.settings import ConfigError, load_settings, redacted_values
+from tests.helpers import signing_key
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pem() -> str:
+    return (
+        signing_key()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+
+
+def write_config(tmp_path: Path, body: str) -> Path:
+    key_file = tmp_path / "signing.pem"
+    key_file.write_text(pem())
+    path = tmp_path / "broker.toml"
+    path.write_text(body.replace("@KEY@", str(key_file)))
+    return path
+
+
+GOOD = """
+[upstream]
+base_url = "https://public-api.demo.alternativepayments.io"
+client_id = "cid"
+client_secret = "canary-client-secret-value"
+
+[sessions]
+api_keys = ["canary-api-key-0123456789"]
+signing_key_file = "@KEY@"
+"""
+
+
+def test_documented_defaults_file_matches_the_schema(tmp_path: Path) -> None:
+    """config/broker.toml lists every key; it only lacks the required secrets."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(REPO / "config" / "broker.toml", {})
+    assert set(caught.value.problems) == {
+        "upstream.client_id: required",
+        "upstream.client_secret: required",
+        "sessions.signing_key: required (set signing_key_file; `token-broker keygen`)",
+        "sessions.api_keys: required (set sessions.api_keys or api_keys_file)",
+    }
+
+
+def test_good_config_loads(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, GOOD), {})
+    assert settings.upstream.client_id == "cid"
+    assert settings.upstream.base_url.host == "public-api.demo.alternativepayments.io"
+    assert settings.upstream.rate_limit_per_second == 5.0
+    assert settings.tokens.refresh_margin == 60.0
+    assert "canary" not in repr(settings)
+
+
+def test_environment_overrides_and_secret_files(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-file-secret\n")
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# partner backends\nkey-one-0123456789abc\n\nkey-two-0123456789abc\n")
+    environ = {
+        "BROKER_UPSTREAM_CLIENT_SECRET_FILE": str(secret_file),
+        "BROKER_SESSIONS_API_KEYS_FILE": str(keys_file),
+        "BROKER_SERVER_PORT": "9090",
+        "BROKER_UPSTREAM_PROXY_PREFIXES": "/checkout/,/other/",
+        "BROKER_UPSTREAM_ALLOW_INSECURE_HTTP": "true",
+        "BROKER_UPSTREAM_BASE_URL": "http://127.0.0.1:8081",
+    }
+    settings = load_settings(write_config(tmp_path, GOOD), environ)
+    assert settings.upstream.client_secret == "from-file-secret"
+    assert settings.sessions.api_keys == ("key-one-0123456789abc", "key-two-0123456789abc")
+    assert settings.server.port == 9090
+    assert settings.upstream.proxy_prefixes == ("/checkout/", "/other/")
+
+
+def test_http_upstream_needs_explicit_permission(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="https is required"):
+        load_settings(
+            write_config(tmp_path, GOOD), {"BROKER_UPSTREAM_BASE_URL": "http://example.com"}
+        )
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    body = """
+[server]
+port = "eighty"
+[upstream]
+base_url = "ftp://nowhere"
+client_id = ""
+client_secret = "canary-client-secret-value"
+rate_limit_per_second = -1
+proxy_prefixes = ["checkout"]
+typo_key = 1
+[sessions]
+api_keys = ["short"]
+signing_key_file = "/nonexistent/key.pem"
+[logging]
+format = "xml"
+"""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_config(tmp_path, body), {})
+    problems = caught.value.problems
+    # Type errors come first (the semantic checks need well-typed values).
+    assert any("server.port" in p for p in problems)
+    assert any("upstream.typo_key: unknown key" in p for p in problems)
+    assert any("signing_key_file" in p for p in problems)
+    assert "canary" not in str(caught.value)
+
+    body_typed = body.replace('port = "eighty"', "port = 80").replace("typo_key = 1\n", "")
+    body_typed = body_typed.replace(
+        'signing_key_file = "/nonexistent/key.pem"', 'signing_key_file = "@KEY@"'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_config(tmp_path, body_typed), {})
+    message = str(caught.value)
+    for expected in (
+        "upstream.base_url",
+        "upstream.client_id: required",
+        "upstream.rate_limit_per_second",
+        "upstream.proxy_prefixes",
+        "sessions.api_keys",
+        "logging.format",
+    ):
+        assert expected in message
+    assert "canary" not in message
+
+
+def test_redacted_values_hide_every_secret(tmp_path: Path) -> None:
+    effective = redacted_values(write_config(tmp_path, GOOD), {})
+    text = str(effective)
+    assert "canary" not in text
+    assert "BEGIN" not in text
+    assert effective["upstream"]["client_secret"] == "<redacted>"
+    assert effective["upstream"]["client_id"] == "cid"
