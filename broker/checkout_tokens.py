@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import structlog
 
+from broker.coordination import LocalCoordinator, MintCoordinator
 from broker.credentials import CheckoutToken, TokenKey, effective_expiry, fingerprint
 from broker.errors import BadGateway, BrokerError, RateBudgetExhausted, TokenMismatch
 from broker.metrics import TIER_CHECKOUT, Metrics
@@ -59,9 +60,11 @@ class CheckoutTokens:
         metrics: Metrics,
         refresh_margin: float,
         max_wait: float,
+        coordinator: MintCoordinator | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._coordinator = coordinator or LocalCoordinator()
         self._api = api
         self._partner = partner
         self._budget = budget
@@ -111,7 +114,8 @@ class CheckoutTokens:
 
     async def replace_rejected(self, key: TokenKey, rejected: CheckoutToken) -> Lookup:
         """The upstream refused *rejected*: evict it (if still cached) and get another."""
-        self._store.discard(key, rejected)
+        if self._store.discard(key, rejected):
+            await self._coordinator.forget(key, rejected)
         current = self._store.get(key)
         if current is not None and current is not rejected:
             return await self.get(key)  # another request already replaced it
@@ -163,9 +167,22 @@ class CheckoutTokens:
             log.warning("checkout_token_renewal_failed", key=str(key), error=type(exc).__name__)
 
     async def _mint(self, key: TokenKey, *, ahead: bool) -> CheckoutToken:
+        current = self._store.get(key) if ahead else None
+
+        async def mint_here() -> CheckoutToken:
+            return await self._mint_upstream(key, ahead=ahead, current=current)
+
+        token = await self._coordinator.obtain(key, mint_here, current=current)
+        self._store.put(key, token)
+        self._push(token.refresh_at, key)
+        return token
+
+    async def _mint_upstream(
+        self, key: TokenKey, *, ahead: bool, current: CheckoutToken | None
+    ) -> CheckoutToken:
         started = self._clock()
         max_wait = self._max_wait
-        if ahead and (current := self._store.get(key)) is not None:
+        if current is not None:
             # A renewal never waits past the moment the current token stops being usable.
             max_wait = min(max_wait, max(0.0, current.forward_until - started))
         minted = await self._call_upstream(key, max_wait)
@@ -181,16 +198,7 @@ class CheckoutTokens:
         now = self._clock()
         if expires_at <= now:
             raise BadGateway("minted token is already expired")
-        token = CheckoutToken.create(
-            minted.token,
-            expires_at=expires_at,
-            now=now,
-            refresh_margin=self._refresh_margin,
-            jitter=random.random(),  # noqa: S311 - spreading load, not security
-            refreshed_ahead=ahead,
-        )
-        self._store.put(key, token)
-        self._push(token.refresh_at, key)
+        token = self.token_from(minted.token, expires_at=expires_at, now=now, ahead=ahead)
         self._mint_duration.observe(now - started)
         log.info(
             "checkout_token_minted",
@@ -201,6 +209,19 @@ class CheckoutTokens:
             ahead=ahead,
         )
         return token
+
+    def token_from(
+        self, value: str, *, expires_at: float, now: float, ahead: bool = False
+    ) -> CheckoutToken:
+        """A cache entry for *value*, with this broker's margin and a little jitter."""
+        return CheckoutToken.create(
+            value,
+            expires_at=expires_at,
+            now=now,
+            refresh_margin=self._refresh_margin,
+            jitter=random.random(),  # noqa: S311 - spreading load, not security
+            refreshed_ahead=ahead,
+        )
 
     async def _call_upstream(self, key: TokenKey, max_wait: float) -> MintedToken:
         for attempt in (1, 2):

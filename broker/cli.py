@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument(
         "--token-ttl", type=float, default=300.0, help="checkout JWT lifetime (seconds)"
     )
+    sandbox.add_argument(
+        "--rate-limit-per-second",
+        type=float,
+        help="answer 429 past this many partner calls per second (the vendor's is 5)",
+    )
     sandbox.set_defaults(command=_sandbox)
 
     check = commands.add_parser("check-config", help="validate a configuration file")
@@ -106,7 +111,9 @@ def _sandbox(args: argparse.Namespace) -> int:
     from broker.sandbox import SandboxSettings, create_sandbox_app  # noqa: PLC0415
 
     configure_logging(fmt="auto", level="info")
-    app = create_sandbox_app(SandboxSettings(token_ttl=args.token_ttl))
+    app = create_sandbox_app(
+        SandboxSettings(token_ttl=args.token_ttl, rate_limit_per_second=args.rate_limit_per_second)
+    )
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
     return EXIT_OK
 

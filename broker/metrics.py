@@ -41,6 +41,7 @@ class Metrics:
     ready: Gauge
     rate_budget_exhausted: Counter
     credentials_rejected: Gauge
+    redis_degraded: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -117,6 +118,10 @@ class Metrics:
             credentials_rejected=gauge(
                 "broker_partner_credentials_rejected",
                 "1 while the upstream rejects the partner OAuth credentials.",
+            ),
+            redis_degraded=gauge(
+                "broker_redis_degraded",
+                "1 while the shared Redis cache is unreachable and this process works alone.",
             ),
         )
         metrics.build_info.labels(version=__version__).set(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -57,7 +58,15 @@ SCHEMA: tuple[Key, ...] = (
     Key("logging", "format", "str", "auto"),
     Key("logging", "level", "str", "info"),
     Key("metrics", "port", "int", 0),
+    Key("cache", "backend", "str", "memory"),
+    Key("cache", "redis_url", "str", "redis://127.0.0.1:6379/0", secret=True),
+    Key("cache", "encryption_key", "str", "", secret=True),
+    Key("cache", "decryption_keys", "list", [], secret=True),
+    Key("cache", "namespace", "str", "token-broker"),
+    Key("cache", "redis_timeout", "float", 0.25),
+    Key("cache", "lease_ttl", "float", 5.0),
 )
+CACHE_BACKENDS = ("memory", "redis")
 
 
 class ConfigError(Exception):
@@ -111,11 +120,23 @@ class TokenSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CacheSettings:
+    backend: str = "memory"
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    # AES-256-GCM keys for tokens at rest in Redis; the first encrypts, all decrypt.
+    encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    namespace: str = "token-broker"
+    redis_timeout: float = 0.25
+    lease_ttl: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     upstream: UpstreamSettings
     sessions: SessionSettings
     server: ServerSettings = ServerSettings()
     tokens: TokenSettings = TokenSettings()
+    cache: CacheSettings = CacheSettings()
     max_body_bytes: int = 65_536
     log_format: str = "auto"
     log_level: str = "info"
@@ -211,7 +232,19 @@ def _build(get: Any, problems: list[str]) -> Settings:
         ),
         max_entries=check.in_range("tokens.max_entries", get("tokens.max_entries"), 1, 10**8),
     )
+    backend = check.choice("cache.backend", get("cache.backend"), CACHE_BACKENDS)
+    cache = CacheSettings(
+        backend=backend,
+        redis_url=check.redis_url(get("cache.redis_url")) if backend == "redis" else "",
+        encryption_keys=check.encryption_keys(
+            get("cache.encryption_key"), get("cache.decryption_keys"), required=backend == "redis"
+        ),
+        namespace=check.required("cache.namespace", get("cache.namespace")),
+        redis_timeout=check.in_range("cache.redis_timeout", get("cache.redis_timeout"), 0.01, 10.0),
+        lease_ttl=check.in_range("cache.lease_ttl", get("cache.lease_ttl"), 0.5, 120.0),
+    )
     settings = Settings(
+        cache=cache,
         server=server,
         upstream=upstream,
         sessions=sessions,
@@ -292,6 +325,34 @@ class _Checker:
             except ValueError:
                 self.problems.append(f"{name}: {value!r} is not an IP address or CIDR block")
         return tuple(networks)
+
+    def redis_url(self, value: str) -> str:
+        if URL(value).scheme not in {"redis", "rediss", "unix"}:
+            self.problems.append("cache.redis_url: must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    def encryption_keys(
+        self, current: str, previous: list[str], *, required: bool
+    ) -> tuple[bytes, ...]:
+        if not current:
+            if required:
+                self.problems.append(
+                    'cache.encryption_key: required with backend = "redis" (32 random'
+                    " bytes, base64; e.g. `openssl rand -base64 32`)"
+                )
+            return ()
+        keys = []
+        for name, value in [("encryption_key", current)] + [
+            ("decryption_keys", v) for v in previous
+        ]:
+            try:
+                key = base64.b64decode(value.strip(), validate=True)
+            except ValueError:
+                key = b""
+            if len(key) != 32:
+                self.problems.append(f"cache.{name}: must be 32 bytes, base64-encoded")
+            keys.append(key)
+        return tuple(keys)
 
     def api_keys(self, values: list[str]) -> tuple[str, ...]:
         if not values:

@@ -76,10 +76,12 @@ class Fields:
     def nested(self, name: str) -> Fields:
         """The object at *name*, sharing this reader's errors."""
         value = self._body.get(name)
+        prefix = f"{self._prefix}{name}."
         if not isinstance(value, dict):
             self._fail(name, "is required" if value is None else "must be an object", 0)
-            value = {}
-        return Fields(value, prefix=f"{self._prefix}{name}.", errors=self.errors)
+            # One error for the missing object, not one per field it should hold.
+            return Fields({}, prefix=prefix)
+        return Fields(value, prefix=prefix, errors=self.errors)
 
     def check(self) -> None:
         if self.errors:

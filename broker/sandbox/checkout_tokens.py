@@ -42,18 +42,14 @@ class TokenRejected(Exception):
 class CheckoutTokens:
     """Times are unix seconds (``time.time()``), the clock JWT claims are written in."""
 
-    def __init__(
-        self, *, secret: bytes, partner_id: str, client_id: str, ttl: float
-    ) -> None:
+    def __init__(self, *, secret: bytes, partner_id: str, client_id: str, ttl: float) -> None:
         self._secret = secret
         self._partner_id = partner_id
         self._client_id = client_id
         self._ttl = ttl
         self._revoked_before: dict[tuple[str, str], float] = {}
 
-    def mint(
-        self, customer_id: str, invoice_id: str, now: float
-    ) -> tuple[str, CheckoutGrant]:
+    def mint(self, customer_id: str, invoice_id: str, now: float) -> tuple[str, CheckoutGrant]:
         # exp stays fractional (RFC 7519 NumericDate allows it): rounding to whole
         # seconds would either outlive the TTL or cost a short token up to a second.
         grant = CheckoutGrant(

@@ -31,25 +31,16 @@ def seed(catalog: Catalog, now: datetime) -> None:
         catalog.add_customer(
             Customer(id=customer_id, name=name, email=email, created_at=now - _days(90))
         )
-    invoices = (
-        ("inv_alice_1", "cus_alice", InvoiceStatus.UPCOMING, "usd", 14, 0, (
-            LineItem("Managed IT services, monthly plan", 1, 125_000),
-            LineItem("Microsoft 365 Business Premium seat", 12, 2_200),
-        )),
-        ("inv_alice_2", "cus_alice", InvoiceStatus.OVERDUE, "usd", -10, 0, (
-            LineItem("Firewall appliance", 1, 89_999),
-            LineItem("On-site installation (hours)", 3, 12_500),
-        )),
-        # Ontario HST at 13% makes total differ from sub_total, as real invoices do.
-        ("inv_bob_1", "cus_bob", InvoiceStatus.UPCOMING, "cad", 21, 23_400, (
-            LineItem("Bookkeeping, first quarter", 1, 180_000),
-        )),
-        ("inv_carol_1", "cus_carol", InvoiceStatus.UPCOMING, "usd", 30, 0, (
-            LineItem("Website hosting, annual", 1, 24_000),
-            LineItem("Domain renewal", 2, 1_850),
-        )),
-    )  # fmt: skip
-    for invoice_id, customer_id, status, currency, due_in, tax, items in invoices:
+
+    def add_invoice(
+        invoice_id: str,
+        customer_id: str,
+        status: InvoiceStatus,
+        *items: LineItem,
+        currency: str = "usd",
+        due_in_days: int,
+        tax_cents: int = 0,
+    ) -> None:
         catalog.put_invoice(
             Invoice(
                 id=invoice_id,
@@ -58,12 +49,47 @@ def seed(catalog: Catalog, now: datetime) -> None:
                 status=status,
                 currency=currency,
                 line_items=items,
-                due_date=(now + _days(due_in)).date(),
+                due_date=(now + _days(due_in_days)).date(),
                 created_at=now - _days(20),
                 description=f"Services for {customer_id.removeprefix('cus_').title()}",
-                tax_cents=tax,
+                tax_cents=tax_cents,
             )
         )
+
+    add_invoice(
+        "inv_alice_1",
+        "cus_alice",
+        InvoiceStatus.UPCOMING,
+        LineItem("Managed IT services, monthly plan", 1, 125_000),
+        LineItem("Microsoft 365 Business Premium seat", 12, 2_200),
+        due_in_days=14,
+    )
+    add_invoice(
+        "inv_alice_2",
+        "cus_alice",
+        InvoiceStatus.OVERDUE,
+        LineItem("Firewall appliance", 1, 89_999),
+        LineItem("On-site installation (hours)", 3, 12_500),
+        due_in_days=-10,
+    )
+    # Ontario HST at 13% makes total differ from sub_total, as on real invoices.
+    add_invoice(
+        "inv_bob_1",
+        "cus_bob",
+        InvoiceStatus.UPCOMING,
+        LineItem("Bookkeeping, first quarter", 1, 180_000),
+        currency="cad",
+        due_in_days=21,
+        tax_cents=23_400,
+    )
+    add_invoice(
+        "inv_carol_1",
+        "cus_carol",
+        InvoiceStatus.UPCOMING,
+        LineItem("Website hosting, annual", 1, 24_000),
+        LineItem("Domain renewal", 2, 1_850),
+        due_in_days=30,
+    )
     catalog.add_payment_method(
         "cus_alice",
         PaymentMethod(

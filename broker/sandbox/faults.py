@@ -16,7 +16,7 @@ from broker.sandbox.errors import validation_failed
 from broker.sandbox.identifiers import is_valid_id
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Faults:
     latency_ms: float = 0.0  # added to every checkout call
     mint_latency_ms: float = 0.0  # added to every checkout-auth/init call
@@ -32,12 +32,12 @@ class Faults:
     redirect: bool = False  # checkout calls answer 302 elsewhere
 
     def to_json(self) -> dict[str, object]:
-        body = {name: getattr(self, name) for name in _PARSERS}
+        body = dataclasses.asdict(self)
         body["stall_customers"] = list(self.stall_customers)
         return body
 
-    def merged(self, patch: Mapping[str, object]) -> Faults:
-        """A copy with *patch* applied; ApiError (400) naming every bad field."""
+    def apply(self, patch: Mapping[str, object]) -> None:
+        """Merge *patch* in, or raise ApiError (400) naming every bad field."""
         errors: dict[str, str] = {}
         changes: dict[str, object] = {}
         for name, value in patch.items():
@@ -47,42 +47,47 @@ class Faults:
                 continue
             try:
                 changes[name] = parser(value)
-            except ValueError as exc:
+            except InvalidFault as exc:
                 errors[name] = str(exc)
         if errors:
             raise validation_failed(errors)
-        return dataclasses.replace(self, **changes)
+        for name, value in changes.items():
+            setattr(self, name, value)
+
+
+class InvalidFault(Exception):
+    """A fault value of the wrong type or range; the message names the rule."""
 
 
 def _duration(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError("must be a non-negative number")
+        raise InvalidFault("must be a non-negative number")
     return float(value)
 
 
 def _probability(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be a number from 0 to 1")
+        raise InvalidFault("must be a number from 0 to 1")
     if not 0 <= value <= 1:
-        raise ValueError("must be a number from 0 to 1")
+        raise InvalidFault("must be a number from 0 to 1")
     return float(value)
 
 
 def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("must be a non-negative integer")
+        raise InvalidFault("must be a non-negative integer")
     return value
 
 
 def _flag(value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValueError("must be true or false")
+        raise InvalidFault("must be true or false")
     return value
 
 
 def _customer_ids(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(is_valid_id(item) for item in value):
-        raise ValueError("must be a list of customer IDs")
+        raise InvalidFault("must be a list of customer IDs")
     return tuple(value)
 
 
@@ -118,4 +123,3 @@ class Stalls:
         # A fresh event for later stalls; the waiters of the old one all wake.
         self._release.set()
         self._release = asyncio.Event()
-

@@ -48,9 +48,7 @@ def partner_endpoint(handler: PartnerHandler) -> Handler:
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         state = request.app[sandbox_state_key]
-        client_id = state.partners.holder(
-            request.headers.get(hdrs.AUTHORIZATION), time.monotonic()
-        )
+        client_id = state.partners.holder(request.headers.get(hdrs.AUTHORIZATION), time.monotonic())
         if client_id is None or state.faults.reject_credentials:
             raise unauthorized("Missing or expired access token")
         admit_partner_call(state, client_id)

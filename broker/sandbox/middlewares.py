@@ -26,16 +26,13 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith(CONTROL_PREFIX):
         return await handler(request)
     state = request.app[sandbox_state_key]
+    early: web.Response | None = None
     try:
         body = await request.read()
     except web.HTTPException as exc:  # over client_max_size: log it without the body
         body, early = b"", http_error_response(exc)
-    else:
-        early = None
     state.requests.append(
-        RecordedRequest.capture(
-            request.method, request.raw_path, request.raw_headers, body
-        )
+        RecordedRequest.capture(request.method, request.raw_path, request.raw_headers, body)
     )
     state.stats.record_request(request.method, request.raw_path.partition("?")[0])
     response = await handler(request) if early is None else early

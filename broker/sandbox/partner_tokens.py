@@ -36,9 +36,7 @@ class PartnerCredentials:
     def issue(self, client_id: str, now: float) -> str:
         # Expired tokens are dropped here, so the table stays as small as the
         # number of live tokens without a background sweeper.
-        self._tokens = {
-            token: entry for token, entry in self._tokens.items() if entry[1] > now
-        }
+        self._tokens = {token: entry for token, entry in self._tokens.items() if entry[1] > now}
         token = secrets.token_hex(28)  # 56 lowercase hex chars, like the vendor's
         self._tokens[token] = (client_id, now + self._ttl)
         return token

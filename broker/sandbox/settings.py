@@ -42,8 +42,6 @@ class SandboxSettings:
         if self.rate_limit_per_second is not None and self.rate_limit_per_second < 1:
             problems.append("rate_limit_per_second: must be at least 1")
         if len(self.signing_secret) < MIN_SIGNING_SECRET_BYTES:
-            problems.append(
-                f"signing_secret: needs at least {MIN_SIGNING_SECRET_BYTES} bytes"
-            )
+            problems.append(f"signing_secret: needs at least {MIN_SIGNING_SECRET_BYTES} bytes")
         if problems:
             raise ValueError("; ".join(problems))

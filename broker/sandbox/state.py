@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from datetime import datetime
 
 from aiohttp import web
@@ -56,7 +55,7 @@ class SandboxState:
             return True
         remaining = self.faults.unauthorized_next
         if remaining:
-            self.faults = replace(self.faults, unauthorized_next=remaining - 1)
+            self.faults.unauthorized_next = remaining - 1
             return True
         return False
 

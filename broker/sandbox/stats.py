@@ -14,9 +14,7 @@ class Stats:
     oauth_tokens_issued: int = 0
     tokens_issued: int = 0
     mints_per_key: Counter[str] = field(default_factory=Counter)
-    mint_times: deque[float] = field(
-        default_factory=lambda: deque(maxlen=MINT_TIMES_KEPT)
-    )
+    mint_times: deque[float] = field(default_factory=lambda: deque(maxlen=MINT_TIMES_KEPT))
     max_mints_in_any_second: int = 0
     requests_per_path: Counter[str] = field(default_factory=Counter)
     unauthorized_served: int = 0

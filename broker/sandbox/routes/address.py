@@ -42,8 +42,7 @@ class Place:
             (self.postal_code, self.postal_code, "postal_code"),
         )
         return [
-            {"long_name": long, "short_name": short, "types": [kind]}
-            for long, short, kind in parts
+            {"long_name": long, "short_name": short, "types": [kind]} for long, short, kind in parts
         ]
 
 
@@ -79,8 +78,7 @@ async def autocomplete(
             "data": [
                 {
                     "place_id": place.place_id,
-                    "description": f"{place.street_number} {place.route}, "
-                    f"{place.secondary_text}",
+                    "description": f"{place.street_number} {place.route}, {place.secondary_text}",
                     "structured_formatting": {
                         "main_text": f"{place.street_number} {place.route}",
                         "secondary_text": place.secondary_text,
@@ -93,9 +91,7 @@ async def autocomplete(
 
 
 @checkout_endpoint
-async def details(
-    request: web.Request, state: SandboxState, grant: CheckoutGrant
-) -> web.Response:
+async def details(request: web.Request, state: SandboxState, grant: CheckoutGrant) -> web.Response:
     fields = Fields(await read_object(request))
     place_id = fields.text("id")
     fields.text("sessiontoken")

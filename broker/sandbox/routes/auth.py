@@ -24,9 +24,7 @@ _NO_STORE = {hdrs.CACHE_CONTROL: "no-store"}
 async def issue_oauth_token(request: web.Request) -> web.Response:
     state = request.app[sandbox_state_key]
     if state.faults.token_endpoint_down:
-        raise ApiError(
-            503, "service_unavailable", "The token endpoint is temporarily unavailable"
-        )
+        raise ApiError(503, "service_unavailable", "The token endpoint is temporarily unavailable")
     client_id = state.partners.authenticate(request.headers.get(hdrs.AUTHORIZATION))
     if client_id is None or state.faults.reject_credentials:
         raise ApiError(403, "forbidden", "Invalid credentials")
@@ -49,9 +47,7 @@ async def issue_oauth_token(request: web.Request) -> web.Response:
 
 
 @partner_endpoint
-async def init_checkout(
-    request: web.Request, state: SandboxState, client_id: str
-) -> web.Response:
+async def init_checkout(request: web.Request, state: SandboxState, client_id: str) -> web.Response:
     if state.faults.mint_latency_ms:
         await asyncio.sleep(state.faults.mint_latency_ms / 1000)
     body = await read_object(request)
@@ -74,9 +70,7 @@ async def init_checkout(
     )
 
 
-def _owned_or_synthesized(
-    state: SandboxState, customer_id: str, invoice_id: str
-) -> Invoice:
+def _owned_or_synthesized(state: SandboxState, customer_id: str, invoice_id: str) -> Invoice:
     invoice = state.catalog.invoice(invoice_id)
     if invoice is None and state.settings.synthesize_unknown:
         invoice = make_invoice(state.catalog, customer_id, invoice_id, datetime.now(UTC))

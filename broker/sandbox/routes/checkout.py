@@ -34,9 +34,7 @@ def token_invoice(state: SandboxState, grant: CheckoutGrant) -> Invoice:
 
 
 @checkout_endpoint
-async def theme(
-    request: web.Request, state: SandboxState, grant: CheckoutGrant
-) -> web.Response:
+async def theme(request: web.Request, state: SandboxState, grant: CheckoutGrant) -> web.Response:
     return web.json_response(
         {
             "partner_name": "Sandbox Partner",
@@ -49,16 +47,12 @@ async def theme(
 
 
 @checkout_endpoint
-async def invoice(
-    request: web.Request, state: SandboxState, grant: CheckoutGrant
-) -> web.Response:
+async def invoice(request: web.Request, state: SandboxState, grant: CheckoutGrant) -> web.Response:
     return web.json_response(invoice_json(token_invoice(state, grant), checkout=True))
 
 
 @checkout_endpoint
-async def pdf_link(
-    request: web.Request, state: SandboxState, grant: CheckoutGrant
-) -> web.Response:
+async def pdf_link(request: web.Request, state: SandboxState, grant: CheckoutGrant) -> web.Response:
     # Scheme-less, like the vendor's: the SDK prepends https:// itself.
     invoice_id = token_invoice(state, grant).id
     return web.json_response({"url": f"{PDF_HOST}/pdf/{invoice_id}"})
@@ -91,11 +85,7 @@ async def create_payment(
     if not _is_iso_datetime(payment_date):
         errors["payment_date"] = "must be an ISO-8601 date"
     method = next(
-        (
-            m
-            for m in state.catalog.payment_methods(grant.customer_id)
-            if m.id == method_id
-        ),
+        (m for m in state.catalog.payment_methods(grant.customer_id) if m.id == method_id),
         None,
     )
     if method is None:
@@ -107,9 +97,7 @@ async def create_payment(
     # A business rule, not a malformed field: 422, as the vendor documents.
     if amount * 100 > target.total_cents:
         raise unprocessable("Amount exceeds the invoice balance")
-    return web.json_response(
-        {"status": "processing", "message": "Payment is being processed"}
-    )
+    return web.json_response({"status": "processing", "message": "Payment is being processed"})
 
 
 def _is_iso_datetime(value: str) -> bool:

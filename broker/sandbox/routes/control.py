@@ -47,7 +47,7 @@ async def get_faults(request: web.Request) -> web.Response:
 
 async def set_faults(request: web.Request) -> web.Response:
     state = request.app[sandbox_state_key]
-    state.faults = state.faults.merged(await read_object(request))
+    state.faults.apply(await read_object(request))
     return web.json_response(state.faults.to_json())
 
 

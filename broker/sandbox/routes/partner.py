@@ -11,9 +11,7 @@ from broker.sandbox.state import SandboxState
 
 
 @partner_endpoint
-async def get_invoice(
-    request: web.Request, state: SandboxState, client_id: str
-) -> web.Response:
+async def get_invoice(request: web.Request, state: SandboxState, client_id: str) -> web.Response:
     state.stats.ownership_checks += 1
     invoice = state.catalog.invoice(request.match_info["invoice_id"])
     if invoice is None:
@@ -22,9 +20,7 @@ async def get_invoice(
 
 
 @partner_endpoint
-async def get_customer(
-    request: web.Request, state: SandboxState, client_id: str
-) -> web.Response:
+async def get_customer(request: web.Request, state: SandboxState, client_id: str) -> web.Response:
     customer = state.catalog.customer(request.match_info["customer_id"])
     if customer is None:
         raise not_found("Customer not found")

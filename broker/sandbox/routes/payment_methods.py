@@ -44,9 +44,7 @@ async def list_methods(
 
 
 @checkout_endpoint
-async def add_card(
-    request: web.Request, state: SandboxState, grant: CheckoutGrant
-) -> web.Response:
+async def add_card(request: web.Request, state: SandboxState, grant: CheckoutGrant) -> web.Response:
     fields = Fields(await read_object(request))
     fields.text("provider", choices=("evervault",))
     address = fields.nested("address")
