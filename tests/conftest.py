@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -44,10 +44,12 @@ async def sandbox(make_sandbox: MakeSandbox) -> Sandbox:
 
 
 @pytest.fixture
-def make_broker(aiohttp_client: AiohttpClient) -> MakeBroker:
+def make_broker(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> MakeBroker:
     async def make(settings: Settings, registry: CollectorRegistry | None = None) -> BrokerClient:
         app = create_app(settings, registry=registry or CollectorRegistry())
-        return await aiohttp_client(app, server_kwargs={"access_log_class": AccessLogger})
+        # The production runner's access logger: request_finished lines in tests too.
+        server = await aiohttp_server(app, access_log_class=AccessLogger)
+        return cast(BrokerClient, await aiohttp_client(server))
 
     return make
 

@@ -36,6 +36,15 @@ class Faults:
         body["stall_customers"] = list(self.stall_customers)
         return body
 
+    def claim_unauthorized(self) -> bool:
+        """Whether the ``unauthorized_*`` faults take this checkout call (using one up)."""
+        if self.unauthorized_always:
+            return True
+        if self.unauthorized_next > 0:
+            self.unauthorized_next -= 1
+            return True
+        return False
+
     def apply(self, patch: Mapping[str, object]) -> None:
         """Merge *patch* in, or raise ApiError (400) naming every bad field."""
         errors: dict[str, str] = {}

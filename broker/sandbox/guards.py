@@ -66,7 +66,7 @@ def checkout_endpoint(handler: CheckoutHandler) -> Handler:
             await asyncio.sleep(state.faults.latency_ms / 1000)
         if state.faults.redirect:
             return web.Response(status=302, headers={hdrs.LOCATION: REDIRECT_TARGET})
-        if state.take_forced_unauthorized():
+        if state.faults.claim_unauthorized():
             raise unauthorized("Access token expired")
         grant = _verified_grant(state, request.headers.get(hdrs.AUTHORIZATION))
         # After authentication, so an injected 500 never hides a 401.

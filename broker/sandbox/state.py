@@ -49,15 +49,5 @@ class SandboxState:
         self.limiter = SlidingWindowLimiter(self.settings.rate_limit_per_second)
         self.stalls.release_all()
 
-    def take_forced_unauthorized(self) -> bool:
-        """Whether the ``unauthorized_*`` faults claim this checkout call."""
-        if self.faults.unauthorized_always:
-            return True
-        remaining = self.faults.unauthorized_next
-        if remaining:
-            self.faults.unauthorized_next = remaining - 1
-            return True
-        return False
-
 
 sandbox_state_key = web.AppKey("sandbox_state", SandboxState)

@@ -14,7 +14,6 @@ from broker.sandbox.demo_data import make_invoice
 from broker.sandbox.errors import ApiError, bad_request, not_found
 from broker.sandbox.guards import admit_partner_call, partner_endpoint
 from broker.sandbox.identifiers import is_valid_id
-from broker.sandbox.records import Invoice
 from broker.sandbox.state import SandboxState, sandbox_state_key
 
 # Credentials must never be cached by anything between the sandbox and its caller.
@@ -59,7 +58,7 @@ async def init_checkout(request: web.Request, state: SandboxState, client_id: st
         raise bad_request("invalid customer id")
     if customer_id in state.faults.stall_customers:
         await state.stalls.hold(state.faults.stall_seconds)
-    _owned_or_synthesized(state, customer_id, invoice_id)
+    _require_owned_invoice(state, customer_id, invoice_id)
     token, grant = state.checkout_tokens.mint(customer_id, invoice_id, time.time())
     state.stats.record_mint(
         customer_id, invoice_id, wall=grant.issued_at, monotonic=time.monotonic()
@@ -70,11 +69,11 @@ async def init_checkout(request: web.Request, state: SandboxState, client_id: st
     )
 
 
-def _owned_or_synthesized(state: SandboxState, customer_id: str, invoice_id: str) -> Invoice:
+def _require_owned_invoice(state: SandboxState, customer_id: str, invoice_id: str) -> None:
+    """404 unless *customer_id* owns *invoice_id*, synthesising unknown keys if allowed."""
     invoice = state.catalog.invoice(invoice_id)
     if invoice is None and state.settings.synthesize_unknown:
         invoice = make_invoice(state.catalog, customer_id, invoice_id, datetime.now(UTC))
     # One answer for "not yours" and "does not exist": no existence oracle.
     if invoice is None or invoice.customer_id != customer_id:
         raise not_found("Customer or invoice not found")
-    return invoice

@@ -16,7 +16,7 @@ from aiohttp import web
 from broker.sandbox.bodies import Fields, read_object
 from broker.sandbox.demo_data import make_invoice
 from broker.sandbox.errors import bad_request
-from broker.sandbox.identifiers import is_valid_id
+from broker.sandbox.identifiers import ID_PATTERN, ID_RULE, is_valid_id
 from broker.sandbox.records import invoice_json
 from broker.sandbox.state import sandbox_state_key
 
@@ -67,11 +67,8 @@ async def put_invoice(request: web.Request) -> web.Response:
     """Create or overwrite an invoice (and its customer), e.g. to move ownership."""
     body = await read_object(request)
     fields = Fields(body)
-    invoice_id = fields.text("id")
-    customer_id = fields.text("customer_id")
-    for name, value in (("id", invoice_id), ("customer_id", customer_id)):
-        if value and not is_valid_id(value):
-            fields.errors[name] = "must be 1 to 64 characters of A-Z a-z 0-9 _ -"
+    invoice_id = fields.text("id", pattern=ID_PATTERN, hint=ID_RULE)
+    customer_id = fields.text("customer_id", pattern=ID_PATTERN, hint=ID_RULE)
     currency = "usd"
     if "currency" in body:
         currency = fields.text("currency", pattern=_CURRENCY, hint="must be 3 letters")
