@@ -14,6 +14,7 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker import __version__
 from broker.logs import configure_logging
 from tests.conftest import BrokerClient, MakeBroker, MakeSandbox, new_session
 from tests.helpers import API_KEY, Sandbox, auth, make_settings
