@@ -111,9 +111,14 @@ def _sandbox(args: argparse.Namespace) -> int:
     from broker.sandbox import SandboxSettings, create_sandbox_app  # noqa: PLC0415
 
     configure_logging(fmt="auto", level="info")
-    app = create_sandbox_app(
-        SandboxSettings(token_ttl=args.token_ttl, rate_limit_per_second=args.rate_limit_per_second)
-    )
+    try:
+        sandbox_settings = SandboxSettings(
+            token_ttl=args.token_ttl, rate_limit_per_second=args.rate_limit_per_second
+        )
+    except ValueError as exc:
+        sys.stderr.write(f"token-broker sandbox: {exc}\n")
+        return EXIT_USAGE
+    app = create_sandbox_app(sandbox_settings)
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
     return EXIT_OK
 

@@ -143,7 +143,7 @@ def _from_env(key: Key, raw: str) -> object:  # noqa: PLR0911 - one return per k
             return raw
 
 
-def _coerce(key: Key, value: object) -> object:
+def _coerce(key: Key, value: object) -> object:  # noqa: PLR0911 - one return per kind
     match key.kind:
         case "str":
             return value if isinstance(value, str) else _INVALID

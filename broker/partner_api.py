@@ -75,9 +75,12 @@ class PartnerApi:
         }
         headers[hdrs.CONTENT_TYPE] = "application/x-www-form-urlencoded"
         form = b"grant_type=client_credentials"
-        async with upstream_call(self._metrics, "oauth") as record, self._session.post(
-            self._token_url, headers=headers, data=form, allow_redirects=False
-        ) as response:
+        async with (
+            upstream_call(self._metrics, "oauth") as record,
+            self._session.post(
+                self._token_url, headers=headers, data=form, allow_redirects=False
+            ) as response,
+        ):
             record.status = str(response.status)
             if response.status in {400, 401, 403}:
                 raise CredentialsRejected(
@@ -98,9 +101,12 @@ class PartnerApi:
             hdrs.CONTENT_TYPE: "application/json",
         }
         payload = json.dumps({"customer_id": key.customer_id, "invoice_id": key.invoice_id})
-        async with upstream_call(self._metrics, "mint") as record, self._session.post(
-            self._init_url, headers=headers, data=payload.encode(), allow_redirects=False
-        ) as response:
+        async with (
+            upstream_call(self._metrics, "mint") as record,
+            self._session.post(
+                self._init_url, headers=headers, data=payload.encode(), allow_redirects=False
+            ) as response,
+        ):
             record.status = str(response.status)
             if response.status == 401:
                 raise PartnerTokenRejected("init answered 401 to the partner token")
@@ -123,9 +129,12 @@ class PartnerApi:
             hdrs.ACCEPT: "application/json",
             hdrs.USER_AGENT: USER_AGENT,
         }
-        async with upstream_call(self._metrics, kind) as record, self._session.get(
-            _join(self._base_url, path), headers=headers, allow_redirects=False
-        ) as response:
+        async with (
+            upstream_call(self._metrics, kind) as record,
+            self._session.get(
+                _join(self._base_url, path), headers=headers, allow_redirects=False
+            ) as response,
+        ):
             record.status = str(response.status)
             if response.status == 401:
                 raise PartnerTokenRejected(f"{kind} answered 401 to the partner token")

@@ -1,0 +1,187 @@
+"""The `token-broker` command as users run it: real processes, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from tests.conftest import MakeSandbox
+from tests.helpers import API_KEY, auth
+
+BROKER = [sys.executable, "-m", "broker"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own command, fixed arguments
+        [*BROKER, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+def test_keygen_prints_an_es256_private_key() -> None:
+    result = run_cli("keygen")
+    assert result.returncode == 0
+    key = load_pem_private_key(result.stdout.encode(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.curve.name == "secp256r1"
+
+
+def test_usage_errors_exit_2() -> None:
+    assert run_cli().returncode == 2
+    assert run_cli("serve").returncode == 2
+    assert run_cli("frobnicate").returncode == 2
+
+
+def write_config(tmp_path: Path, upstream: str, port: int, extra: str = "") -> Path:
+    key = tmp_path / "signing.pem"
+    key.write_text(run_cli("keygen").stdout)
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+shutdown_timeout = 10.0
+[upstream]
+base_url = "{upstream}"
+allow_insecure_http = true
+client_id = "sandbox-client"
+client_secret = "canary-cli-secret"
+[sessions]
+api_keys = ["{API_KEY}"]
+signing_key_file = "{key}"
+[logging]
+format = "json"
+{extra}
+"""
+    )
+    return config
+
+
+def test_check_config_reports_all_problems_or_prints_redacted_config(tmp_path: Path) -> None:
+    good = write_config(tmp_path, "http://127.0.0.1:1", 8080)
+    result = run_cli("check-config", str(good))
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)
+    assert effective["upstream"]["client_secret"] == "<redacted>"
+    assert "canary-cli-secret" not in result.stdout
+    assert "BEGIN" not in result.stdout
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        good.read_text()
+        .replace("port = 8080", "port = 99999")
+        .replace("allow_insecure_http = true", "allow_insecure_http = false")
+    )
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 1
+    assert "server.port" in result.stderr
+    assert "https is required" in result.stderr
+    assert "canary-cli-secret" not in result.stderr + result.stdout
+
+
+async def wait_ready(url: str, process: asyncio.subprocess.Process, within: float = 20) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    async with aiohttp.ClientSession() as http:
+        while loop.time() < deadline:
+            assert process.returncode is None, "the broker exited early"
+            try:
+                async with http.get(url + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("the broker never became ready")
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    started: list[asyncio.subprocess.Process] = []
+    yield started
+    for process in started:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_serve_sandbox_runs_the_quick_start(
+    unused_tcp_port_factory: Callable[[], int], processes: list[asyncio.subprocess.Process]
+) -> None:
+    port, sandbox_port = unused_tcp_port_factory(), unused_tcp_port_factory()
+    process = await asyncio.create_subprocess_exec(
+        *BROKER, "serve", "--sandbox", "--port", str(port), "--sandbox-port", str(sandbox_port),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    processes.append(process)
+    url = f"http://127.0.0.1:{port}"
+    await wait_ready(url, process)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            url + "/v1/checkout-auth/init",
+            json={"customer_id": "cus_alice", "invoice_id": "inv_alice_1"},
+            headers=auth("sandbox-demo-api-key"),
+        ) as response:
+            token = (await response.json())["token"]
+        async with http.get(url + "/checkout/invoice", headers=auth(token)) as response:
+            assert response.status == 200
+            assert (await response.json())["id"] == "inv_alice_1"
+    process.send_signal(signal.SIGTERM)
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
+    assert process.returncode == 0
+    text = output.decode()
+    assert "Quick start" in text
+    assert f"http://127.0.0.1:{port}" in text
+    assert token not in text
+
+
+async def test_sigterm_drains_a_slow_in_flight_request_then_exits_zero(
+    tmp_path: Path,
+    make_sandbox: MakeSandbox,
+    unused_tcp_port_factory: Callable[[], int],
+    processes: list[asyncio.subprocess.Process],
+) -> None:
+    """The image's entrypoint: `token-broker serve --config FILE`."""
+    sandbox = await make_sandbox(client_secret="canary-cli-secret")
+    port = unused_tcp_port_factory()
+    config = write_config(tmp_path, str(sandbox.url), port)
+    executable = str(Path(sys.executable).parent / "token-broker")
+    process = await asyncio.create_subprocess_exec(
+        executable, "serve", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    processes.append(process)
+    url = f"http://127.0.0.1:{port}"
+    await wait_ready(url, process)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            url + "/v1/checkout-auth/init",
+            json={"customer_id": "cus_alice", "invoice_id": "inv_alice_1"},
+            headers=auth(API_KEY),
+        ) as response:
+            token = (await response.json())["token"]
+        async with http.get(url + "/checkout/invoice", headers=auth(token)) as response:
+            assert response.status == 200  # warm: the slow call below is the proxy itself
+        await sandbox.faults(latency_ms=2000)
+        slow = asyncio.ensure_future(http.get(url + "/checkout/invoice", headers=auth(token)))
+        await asyncio.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        response = await asyncio.wait_for(slow, timeout=10)
+        assert response.status == 200
+        assert (await response.json())["id"] == "inv_alice_1"
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
+    assert process.returncode == 0
+    events = [
+        json.loads(line)["event"] for line in output.decode().splitlines() if line.startswith("{")
+    ]
+    assert events.index("broker_draining") < events.index("broker_stopped")
