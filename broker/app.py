@@ -28,7 +28,7 @@ def create_app(
     gateway = Gateway(settings, Metrics.create(registry))
     app = web.Application(
         middlewares=[request_context, error_responses],
-        client_max_size=settings.max_body_bytes,
+        client_max_size=settings.limits.max_body_bytes,
     )
     app[gateway_key] = gateway
     app[registry_key] = registry

@@ -112,7 +112,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     )
     session = gateway.sessions.verify(bearer_token(request))
     exchange.customer_id, exchange.invoice_id = session.key
-    body = await read_body(request, gateway.settings.max_body_bytes)
+    body = await read_body(request, gateway.settings.limits.max_body_bytes)
     url = upstream_url(gateway.settings.upstream.base_url, raw_path, raw_query)
     tokens = gateway.connected.tokens
 

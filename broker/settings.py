@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import (
-    load_pem_private_key,
-    load_pem_public_key,
-)
 from yarl import URL
 
 from broker.config_source import Key, RawConfig, read_document
+from broker.settings_checks import Checker
 
-_N = TypeVar("_N", int, float)
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Get = Callable[[str], Any]
 
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -55,6 +50,35 @@ SCHEMA: tuple[Key, ...] = (
     Key("tokens", "refresh_margin", "float", 60.0),
     Key("tokens", "max_entries", "int", 100_000),
     Key("limits", "max_body_bytes", "int", 65_536),
+    Key("limits", "header_timeout", "float", 10.0),
+    Key("limits", "body_timeout", "float", 10.0),
+    Key("limits", "ip_requests_per_second", "float", 50.0),
+    Key("limits", "ip_burst", "int", 100),
+    Key("limits", "session_requests_per_second", "float", 20.0),
+    Key("limits", "session_burst", "int", 40),
+    Key("limits", "init_requests_per_second", "float", 5.0),
+    Key("limits", "init_burst", "int", 20),
+    Key("cors", "allowed_origins", "list", []),
+    Key("cors", "max_age", "int", 600),
+    Key("routes", "allow", "list", []),
+    Key("routes", "allow_any", "bool", False),
+    Key("auth.jwt", "enabled", "bool", False),
+    Key("auth.jwt", "issuer", "str", ""),
+    Key("auth.jwt", "audience", "str", ""),
+    Key("auth.jwt", "jwks_url", "str", ""),
+    Key("auth.jwt", "public_key", "str", "", secret=False),
+    Key("auth.jwt", "hs256_secret", "str", "", secret=True),
+    Key("auth.jwt", "algorithms", "list", []),
+    Key("auth.jwt", "customer_claim", "str", "sub"),
+    Key("auth.jwt", "required_claims", "list", ["exp", "iat", "iss", "aud", "sub"]),
+    Key("auth.jwt", "leeway", "int", 30),
+    Key("auth.jwt", "jwks_cache_ttl", "float", 300.0),
+    Key("auth.jwt", "jwks_min_refresh_interval", "float", 30.0),
+    Key("auth.jwt", "ownership_cache_ttl", "float", 30.0),
+    Key("admin", "enabled", "bool", False),
+    Key("admin", "host", "str", "127.0.0.1"),
+    Key("admin", "port", "int", 8090),
+    Key("admin", "api_key", "str", "", secret=True),
     Key("logging", "format", "str", "auto"),
     Key("logging", "level", "str", "info"),
     Key("metrics", "port", "int", 0),
@@ -120,6 +144,62 @@ class TokenSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LimitSettings:
+    max_body_bytes: int = 65_536
+    # Seconds to receive a request's headers (from connect, or from the previous
+    # response on a kept-alive connection) and its body: slow clients are cut off.
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    ip_requests_per_second: float = 50.0
+    ip_burst: int = 100
+    session_requests_per_second: float = 20.0
+    session_burst: int = 40
+    init_requests_per_second: float = 5.0
+    init_burst: int = 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CorsSettings:
+    allowed_origins: tuple[str, ...] = ()
+    max_age: int = 600
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteSettings:
+    # Extra "METHOD /path/{id}" pairs beyond the SDK's; allow_any forwards anything
+    # under the proxy prefixes (the allowlist off).
+    allow: tuple[str, ...] = ()
+    allow_any: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JwtAuthSettings:
+    """Browser-direct sessions: the signed-in user's JWT from the partner's IdP."""
+
+    enabled: bool = False
+    issuer: str = ""
+    audience: str = ""
+    jwks_url: str = ""
+    public_key: str = ""
+    hs256_secret: bytes = field(default=b"", repr=False)
+    algorithms: tuple[str, ...] = ()
+    customer_claim: str = "sub"
+    required_claims: tuple[str, ...] = ("exp", "iat", "iss", "aud", "sub")
+    leeway: int = 30
+    jwks_cache_ttl: float = 300.0
+    jwks_min_refresh_interval: float = 30.0
+    ownership_cache_ttl: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminSettings:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8090
+    api_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CacheSettings:
     backend: str = "memory"
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
@@ -137,7 +217,11 @@ class Settings:
     server: ServerSettings = ServerSettings()
     tokens: TokenSettings = TokenSettings()
     cache: CacheSettings = CacheSettings()
-    max_body_bytes: int = 65_536
+    limits: LimitSettings = LimitSettings()
+    cors: CorsSettings = CorsSettings()
+    routes: RouteSettings = RouteSettings()
+    jwt_auth: JwtAuthSettings = JwtAuthSettings()
+    admin: AdminSettings = AdminSettings()
     log_format: str = "auto"
     log_level: str = "info"
     metrics_port: int = 0
@@ -180,8 +264,8 @@ def _redact(value: object) -> object:
     return "<redacted>" if value else ""
 
 
-def _build(get: Any, problems: list[str]) -> Settings:
-    check = _Checker(problems)
+def _build(get: Get, problems: list[str]) -> Settings:
+    check = Checker(problems)
     server = ServerSettings(
         host=get("server.host"),
         port=check.in_range("server.port", get("server.port"), 0, 65535),
@@ -249,9 +333,16 @@ def _build(get: Any, problems: list[str]) -> Settings:
         upstream=upstream,
         sessions=sessions,
         tokens=tokens,
-        max_body_bytes=check.in_range(
-            "limits.max_body_bytes", get("limits.max_body_bytes"), 0, 64 * 2**20
+        limits=_limits(check, get),
+        cors=CorsSettings(
+            allowed_origins=check.origins(get("cors.allowed_origins")),
+            max_age=check.in_range("cors.max_age", get("cors.max_age"), 0, 86_400),
         ),
+        routes=RouteSettings(
+            allow=check.route_pairs(get("routes.allow")), allow_any=get("routes.allow_any")
+        ),
+        jwt_auth=_jwt_auth(check, get),
+        admin=_admin(check, get),
         log_format=check.choice("logging.format", get("logging.format"), LOG_FORMATS),
         log_level=check.choice("logging.level", get("logging.level").lower(), LOG_LEVELS),
         metrics_port=check.in_range("metrics.port", get("metrics.port"), 0, 65535),
@@ -261,154 +352,71 @@ def _build(get: Any, problems: list[str]) -> Settings:
     return settings
 
 
-# Stands in for a missing key so that validation can go on collecting problems;
-# a Settings holding it is never returned.
-_PLACEHOLDER_KEY = ec.generate_private_key(ec.SECP256R1())
-_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
+def _limits(check: Checker, get: Get) -> LimitSettings:
+    def rate(name: str) -> float:
+        value: float = get(f"limits.{name}")
+        return check.in_range(f"limits.{name}", value, 0.01, 100_000.0)
+
+    def count(name: str) -> int:
+        value: int = get(f"limits.{name}")
+        return check.in_range(f"limits.{name}", value, 1, 1_000_000)
+
+    return LimitSettings(
+        max_body_bytes=check.in_range(
+            "limits.max_body_bytes", get("limits.max_body_bytes"), 0, 64 * 2**20
+        ),
+        header_timeout=check.in_range(
+            "limits.header_timeout", get("limits.header_timeout"), 0.5, 300.0
+        ),
+        body_timeout=check.in_range("limits.body_timeout", get("limits.body_timeout"), 0.5, 300.0),
+        ip_requests_per_second=rate("ip_requests_per_second"),
+        ip_burst=count("ip_burst"),
+        session_requests_per_second=rate("session_requests_per_second"),
+        session_burst=count("session_burst"),
+        init_requests_per_second=rate("init_requests_per_second"),
+        init_burst=count("init_burst"),
+    )
 
 
-class _Checker:
-    """Semantic checks that append to one shared problem list and return a value."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-
-    def required(self, name: str, value: str) -> str:
-        if not value:
-            self.problems.append(f"{name}: required")
-        return value
-
-    def in_range(self, name: str, value: _N, low: _N, high: _N) -> _N:
-        if not low <= value <= high:
-            self.problems.append(f"{name}: must be between {low} and {high}, got {value}")
-        return value
-
-    def choice(self, name: str, value: str, allowed: tuple[str, ...]) -> str:
-        if value not in allowed:
-            self.problems.append(f"{name}: must be one of {', '.join(allowed)}; got {value!r}")
-        return value
-
-    def path(self, name: str, value: str) -> str:
-        if not _PATH.match(value) or "//" in value or "/../" in value + "/":
-            self.problems.append(f"{name}: must be an absolute URL path, got {value!r}")
-        return value
-
-    def prefixes(self, values: list[str]) -> tuple[str, ...]:
-        if not values:
-            self.problems.append("upstream.proxy_prefixes: at least one prefix is required")
-        for value in values:
-            if not value.endswith("/") or len(value) < 3:
-                self.problems.append(
-                    f"upstream.proxy_prefixes: {value!r} must look like '/checkout/'"
-                )
-            self.path("upstream.proxy_prefixes", value)
-        return tuple(values)
-
-    def base_url(self, value: str, allow_insecure_http: bool) -> URL:
-        url = URL(value)
-        if url.scheme not in {"http", "https"} or not url.host:
-            self.problems.append(f"upstream.base_url: must be an http(s) URL, got {value!r}")
-        elif url.scheme == "http" and not allow_insecure_http:
-            self.problems.append(
-                "upstream.base_url: https is required (set upstream.allow_insecure_http"
-                " = true only for a local sandbox)"
-            )
-        if url.query_string or url.fragment or url.user or url.password:
-            self.problems.append("upstream.base_url: must not carry credentials or a query")
-        return url.with_path(url.path.rstrip("/"))
-
-    def networks(self, name: str, values: list[str]) -> tuple[IpNetwork, ...]:
-        networks: list[IpNetwork] = []
-        for value in values:
-            try:
-                networks.append(ipaddress.ip_network(value, strict=False))
-            except ValueError:
-                self.problems.append(f"{name}: {value!r} is not an IP address or CIDR block")
-        return tuple(networks)
-
-    def redis_url(self, value: str) -> str:
-        if URL(value).scheme not in {"redis", "rediss", "unix"}:
-            self.problems.append("cache.redis_url: must be a redis://, rediss:// or unix:// URL")
-        return value
-
-    def encryption_keys(
-        self, current: str, previous: list[str], *, required: bool
-    ) -> tuple[bytes, ...]:
-        if not current:
-            if required:
-                self.problems.append(
-                    'cache.encryption_key: required with backend = "redis" (32 random'
-                    " bytes, base64; e.g. `openssl rand -base64 32`)"
-                )
-            return ()
-        keys = []
-        for name, value in [("encryption_key", current)] + [
-            ("decryption_keys", v) for v in previous
-        ]:
-            try:
-                key = base64.b64decode(value.strip(), validate=True)
-            except ValueError:
-                key = b""
-            if len(key) != 32:
-                self.problems.append(f"cache.{name}: must be 32 bytes, base64-encoded")
-            keys.append(key)
-        return tuple(keys)
-
-    def api_keys(self, values: list[str]) -> tuple[str, ...]:
-        if not values:
-            self.problems.append(
-                "sessions.api_keys: required (set sessions.api_keys or api_keys_file)"
-            )
-        if any(len(value) < MIN_API_KEY_LENGTH for value in values):
-            self.problems.append(
-                f"sessions.api_keys: every key must be at least {MIN_API_KEY_LENGTH} characters"
-            )
-        return tuple(values)
-
-    def signing_key(self, pem: str) -> ec.EllipticCurvePrivateKey:
-        placeholder = _PLACEHOLDER_KEY
-        if not pem:
-            self.problems.append(
-                "sessions.signing_key: required (set signing_key_file; `token-broker keygen`)"
-            )
-            return placeholder
-        try:
-            key = load_pem_private_key(pem.encode(), password=None)
-        except (ValueError, TypeError):
-            self.problems.append("sessions.signing_key: not a readable unencrypted PEM key")
-            return placeholder
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-            self.problems.append("sessions.signing_key: must be an EC P-256 key (ES256)")
-            return placeholder
-        return key
-
-    def verify_keys(self, paths: list[str]) -> tuple[ec.EllipticCurvePublicKey, ...]:
-        keys: list[ec.EllipticCurvePublicKey] = []
-        for path in paths:
-            try:
-                data = Path(path).read_bytes()
-            except OSError as exc:
-                self.problems.append(f"sessions.verify_key_files: cannot read {path!r} ({exc})")
-                continue
-            public = _public_key(data)
-            if public is None:
-                self.problems.append(
-                    f"sessions.verify_key_files: {path!r} is not an EC P-256 PEM key"
-                )
-            else:
-                keys.append(public)
-        return tuple(keys)
+def _jwt_auth(check: Checker, get: Get) -> JwtAuthSettings:
+    enabled = get("auth.jwt.enabled")
+    settings = JwtAuthSettings(
+        enabled=enabled,
+        issuer=get("auth.jwt.issuer"),
+        audience=get("auth.jwt.audience"),
+        jwks_url=get("auth.jwt.jwks_url"),
+        public_key=get("auth.jwt.public_key"),
+        hs256_secret=get("auth.jwt.hs256_secret").encode(),
+        algorithms=tuple(get("auth.jwt.algorithms")),
+        customer_claim=get("auth.jwt.customer_claim"),
+        required_claims=tuple(get("auth.jwt.required_claims")),
+        leeway=check.in_range("auth.jwt.leeway", get("auth.jwt.leeway"), 0, 300),
+        jwks_cache_ttl=check.in_range(
+            "auth.jwt.jwks_cache_ttl", get("auth.jwt.jwks_cache_ttl"), 1.0, 86_400.0
+        ),
+        jwks_min_refresh_interval=check.in_range(
+            "auth.jwt.jwks_min_refresh_interval",
+            get("auth.jwt.jwks_min_refresh_interval"),
+            0.0,
+            3600.0,
+        ),
+        ownership_cache_ttl=check.in_range(
+            "auth.jwt.ownership_cache_ttl", get("auth.jwt.ownership_cache_ttl"), 0.0, 3600.0
+        ),
+    )
+    if enabled:
+        check.jwt_auth(settings, allow_insecure_http=get("upstream.allow_insecure_http"))
+    return settings
 
 
-def _public_key(data: bytes) -> ec.EllipticCurvePublicKey | None:
-    try:
-        if b"PRIVATE KEY" in data:
-            private = load_pem_private_key(data, password=None)
-            key: object = private.public_key()
-        else:
-            key = load_pem_public_key(data)
-    except (ValueError, TypeError):
-        return None
-    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1":
-        return key
-    return None
+def _admin(check: Checker, get: Get) -> AdminSettings:
+    enabled = get("admin.enabled")
+    api_key = get("admin.api_key")
+    if enabled and len(api_key) < 32:
+        check.problems.append("admin.api_key: required with admin enabled (at least 32 chars)")
+    return AdminSettings(
+        enabled=enabled,
+        host=get("admin.host"),
+        port=check.in_range("admin.port", get("admin.port"), 0, 65535),
+        api_key=api_key,
+    )
