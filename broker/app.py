@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from broker import handlers
+from broker.access_log import AccessLogger
 from broker.gateway import Gateway
 from broker.keys import gateway_key, registry_key
 from broker.metrics import Metrics
-from broker.middlewares import error_responses, request_context
+from broker.middlewares import (
+    add_cors_headers,
+    error_responses,
+    guard_requests,
+    request_context,
+)
 from broker.settings import Settings
 
 SESSION_INIT_PATHS = ("/v1/checkout-auth/init", "/checkout-auth/init")
@@ -27,13 +34,14 @@ def create_app(
     registry = registry if registry is not None else CollectorRegistry()
     gateway = Gateway(settings, Metrics.create(registry))
     app = web.Application(
-        middlewares=[request_context, error_responses],
+        middlewares=[request_context, error_responses, guard_requests],
         client_max_size=settings.limits.max_body_bytes,
     )
     app[gateway_key] = gateway
     app[registry_key] = registry
     app.cleanup_ctx.append(_gateway_lifetime)
     app.on_shutdown.append(_stop_being_ready)
+    app.on_response_prepare.append(add_cors_headers)
 
     router = app.router
     router.add_get("/healthz", handlers.health)
@@ -46,6 +54,18 @@ def create_app(
     for prefix in settings.upstream.proxy_prefixes:
         router.add_route("*", prefix + "{tail:.*}", handlers.proxy)
     return app
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """``AppRunner`` keywords for the public listener (tests use the same ones)."""
+    return {
+        "access_log_class": AccessLogger,
+        "handler_cancellation": True,  # a caller gone stops its upstream call
+        # aiohttp arms this timer at connect and after each response, and data does
+        # not reset it: a client must finish its next request's headers in time.
+        "keepalive_timeout": settings.limits.header_timeout,
+        "shutdown_timeout": settings.server.shutdown_timeout,
+    }
 
 
 def create_metrics_app(registry: CollectorRegistry) -> web.Application:

@@ -3,8 +3,10 @@
 BrokerError                      500  internal
 ├── BadRequest                   400  malformed request, bad IDs, bad JSON, refused path
 ├── Unauthenticated              401  no, invalid, expired or revoked session token / API key
+├── Forbidden                    403  CORS preflight from an origin not allowed
 ├── NotFound                     404  not the caller's, or not existing (one uniform answer)
 ├── MethodNotAllowed             405
+├── RequestTimeout               408  request body too slow
 ├── PayloadTooLarge              413
 ├── UnsupportedMediaType         415  compressed request body
 ├── TooManyRequests              429  (+ Retry-After)
@@ -56,6 +58,12 @@ class Unauthenticated(BrokerError):
     message = "The access token is missing, invalid or expired."
 
 
+class Forbidden(BrokerError):
+    status = 403
+    code = "origin_not_allowed"
+    message = "This origin may not call the checkout gateway."
+
+
 class NotFound(BrokerError):
     status = 404
     code = "not_found"
@@ -66,6 +74,12 @@ class MethodNotAllowed(BrokerError):
     status = 405
     code = "method_not_allowed"
     message = "The method is not allowed for this path."
+
+
+class RequestTimeout(BrokerError):
+    status = 408
+    code = "request_timeout"
+    message = "The request body arrived too slowly."
 
 
 class PayloadTooLarge(BrokerError):

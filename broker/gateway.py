@@ -9,13 +9,19 @@ import aiohttp
 import structlog
 
 from broker.checkout_tokens import CheckoutTokens
+from broker.cors import CorsPolicy
 from broker.errors import BrokerError
+from broker.identity import IdentityVerifier
 from broker.metrics import Metrics
+from broker.ownership import Ownership
 from broker.partner_api import PartnerApi
 from broker.partner_token import PartnerToken
 from broker.rate_budget import SlidingWindowBudget
-from broker.sessions import ApiKeys, SessionAuthority
+from broker.revocations import Revocations
+from broker.routes import RouteTable
+from broker.sessions import ApiKeys, AuthFailure, Session, SessionAuthority
 from broker.settings import Settings
+from broker.throttle import TokenBuckets
 from broker.token_store import MemoryTokenStore
 from broker.upstream import open_session
 
@@ -30,6 +36,7 @@ class Connected:
     api: PartnerApi
     partner: PartnerToken
     tokens: CheckoutTokens
+    ownership: Ownership
 
 
 class Gateway:
@@ -40,6 +47,21 @@ class Gateway:
         self.metrics = metrics
         self.sessions = SessionAuthority(settings.sessions)
         self.api_keys = ApiKeys(settings.sessions.api_keys)
+        self.routes = RouteTable(settings.routes.allow, allow_any=settings.routes.allow_any)
+        self.cors = CorsPolicy(settings.cors)
+        limits = settings.limits
+        self.ip_throttle = TokenBuckets(limits.ip_requests_per_second, limits.ip_burst)
+        self.session_throttle = TokenBuckets(
+            limits.session_requests_per_second, limits.session_burst
+        )
+        self.init_throttle = TokenBuckets(limits.init_requests_per_second, limits.init_burst)
+        # Revoked sessions must stay refused for as long as they could be presented.
+        self.revocations = Revocations(settings.sessions.ttl + settings.sessions.leeway)
+        self.identity = (
+            IdentityVerifier(settings.jwt_auth, lambda: self.connected.http)
+            if settings.jwt_auth.enabled
+            else None
+        )
         self.draining = False
         self._connected: Connected | None = None
         self._warmup: asyncio.Task[None] | None = None
@@ -66,7 +88,16 @@ class Gateway:
             max_wait=settings.rate_limit_max_wait,
         )
         tokens.start()
-        self._connected = Connected(http=http, api=api, partner=partner, tokens=tokens)
+        ownership = Ownership(
+            api,
+            partner,
+            budget,
+            ttl=self.settings.jwt_auth.ownership_cache_ttl,
+            max_wait=settings.rate_limit_max_wait,
+        )
+        self._connected = Connected(
+            http=http, api=api, partner=partner, tokens=tokens, ownership=ownership
+        )
         # Fetch the partner token now so that readiness tells the truth from the start.
         self._warmup = asyncio.get_running_loop().create_task(partner.probe())
 
@@ -79,6 +110,18 @@ class Gateway:
             await self._connected.partner.close()
             await self._connected.http.close()
             self._connected = None
+
+    def authenticate(self, token: str) -> Session:
+        """The session behind a browser's bearer token, unless invalid or revoked."""
+        session = self.sessions.verify(token)
+        if self.revocations.revoked(session.key.customer_id, session.issued_at):
+            raise AuthFailure("revoked")
+        return session
+
+    async def revoke_customer(self, customer_id: str, before: float) -> int:
+        """Evict the customer's checkout JWTs and refuse their sessions issued so far."""
+        self.revocations.revoke(customer_id, before)
+        return self.connected.tokens.evict_customer(customer_id)
 
     async def readiness_problems(self) -> list[str]:
         """Why this instance should not get traffic now; empty when ready."""

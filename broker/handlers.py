@@ -11,11 +11,11 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from broker.credentials import TokenKey, valid_id
-from broker.errors import BadGateway, BadRequest, MethodNotAllowed
+from broker.errors import BadGateway, BadRequest, MethodNotAllowed, NotFound
 from broker.exchange import Exchange
 from broker.gateway import Gateway
 from broker.keys import exchange_key, gateway_key
-from broker.middlewares import REQUEST_ID_HEADER
+from broker.middlewares import REQUEST_ID_HEADER, remote_address
 from broker.paths import check_proxy_target
 from broker.relay import (
     downstream_response_headers,
@@ -68,25 +68,43 @@ async def jwks(request: web.Request) -> web.Response:
 
 
 async def issue_session(request: web.Request) -> web.Response:
-    """``POST /v1/checkout-auth/init`` for the partner backend (API key)."""
+    """``POST /v1/checkout-auth/init``: a partner backend (API key) or a browser (IdP JWT)."""
     gateway = request.app[gateway_key]
-    if not gateway.api_keys.check(bearer_token(request)):
+    credential = bearer_token(request)
+    is_partner_backend = gateway.api_keys.check(credential)
+    if not is_partner_backend:
+        # Browsers and key guessers are limited per IP; a partner backend issues
+        # sessions for all its users from a few addresses, so its key is not.
+        gateway.init_throttle.take(remote_address(request))
+    customer_id, invoice_id = await _read_ids(request)
+    if is_partner_backend:
+        auth = "api_key"
+        if customer_id is None:
+            raise BadRequest("invalid customer id")
+    elif gateway.identity is not None:
+        auth = "jwt"
+        caller = await gateway.identity.verify(credential)
+        if customer_id is not None and customer_id != caller:
+            raise NotFound("body customer_id is not the caller's")
+        customer_id = caller
+        await gateway.connected.ownership.require_owner(invoice_id, caller)
+    else:
         raise AuthFailure("unknown_api_key")
-    key = await _read_token_key(request)
+    key = TokenKey(customer_id, invoice_id)
     exchange = request[exchange_key]
     exchange.customer_id, exchange.invoice_id = key
     issued = gateway.sessions.issue(key, client_id=gateway.settings.upstream.client_id)
-    gateway.metrics.sessions_issued.labels(auth="api_key").inc()
+    gateway.metrics.sessions_issued.labels(auth=auth).inc()
     body = {"token": issued.token, "expires_at": issued.expires_at}
     return web.json_response(body, headers=NO_STORE)
 
 
-async def _read_token_key(request: web.Request) -> TokenKey:
+async def _read_ids(request: web.Request) -> tuple[str | None, str]:
+    """(customer_id or None when absent, invoice_id) from the JSON body, validated."""
     if request.content_length is not None and request.content_length > MAX_INIT_BODY:
         raise BadRequest("The request body is too large.")
-    raw = await request.content.read(MAX_INIT_BODY + 1)
-    if len(raw) > MAX_INIT_BODY:
-        raise BadRequest("The request body is too large.")
+    limits = request.app[gateway_key].settings.limits
+    raw = await read_body(request, MAX_INIT_BODY, limits.body_timeout) or b""
     try:
         body = json.loads(raw)
     except ValueError:
@@ -94,25 +112,28 @@ async def _read_token_key(request: web.Request) -> TokenKey:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     customer_id, invoice_id = body.get("customer_id"), body.get("invoice_id")
-    if not valid_id(customer_id):
+    if customer_id is not None and not valid_id(customer_id):
         raise BadRequest("invalid customer id")
     if not valid_id(invoice_id):
         raise BadRequest("invalid invoice id")
-    return TokenKey(str(customer_id), str(invoice_id))
+    return (str(customer_id) if customer_id is not None else None), str(invoice_id)
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     """Verify the session, swap in the checkout JWT, forward, stream the answer back."""
     gateway = request.app[gateway_key]
     exchange = request[exchange_key]
-    if request.method not in PROXY_METHODS:
-        raise MethodNotAllowed()
     raw_path, raw_query = check_proxy_target(
         request.raw_path, gateway.settings.upstream.proxy_prefixes
     )
-    session = gateway.sessions.verify(bearer_token(request))
+    gateway.routes.check(request.method, raw_path)
+    if request.method not in PROXY_METHODS:
+        raise MethodNotAllowed()
+    session = gateway.authenticate(bearer_token(request))
     exchange.customer_id, exchange.invoice_id = session.key
-    body = await read_body(request, gateway.settings.limits.max_body_bytes)
+    gateway.session_throttle.take(session.jti)
+    limits = gateway.settings.limits
+    body = await read_body(request, limits.max_body_bytes, limits.body_timeout)
     url = upstream_url(gateway.settings.upstream.base_url, raw_path, raw_query)
     tokens = gateway.connected.tokens
 

@@ -1,8 +1,10 @@
-"""Middlewares, outermost first: ``request_context`` then ``error_responses``.
+"""Middlewares, outermost first: request_context, error_responses, guard_requests.
 
 ``request_context`` is outermost so that every log line carries the request id and
-the metrics count the *mapped* status; ``error_responses`` is innermost so that it
-sees domain exceptions first and turns them into the upstream's error shape.
+the metrics count the *mapped* status; ``error_responses`` comes next so that every
+refusal below it (and from the handlers) gets the upstream's error shape;
+``guard_requests`` refuses ambiguous requests, applies the per-IP rate limit and
+answers CORS preflights before any handler (or upstream) sees them.
 """
 
 from __future__ import annotations
@@ -16,15 +18,30 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from broker.errors import BrokerError, MethodNotAllowed, NotFound, PayloadTooLarge
+from broker.errors import (
+    BadRequest,
+    BrokerError,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
 from broker.exchange import Exchange
 from broker.keys import exchange_key, gateway_key
 from broker.sessions import AuthFailure
+from broker.throttle import client_ip
 
 log = structlog.get_logger("broker.requests")
 
 # A caller's X-Request-Id is kept only when it is short and plain.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Headers whose repetition makes a request ambiguous (smuggling, confused auth).
+_SINGLE_HEADERS = (hdrs.HOST, hdrs.CONTENT_LENGTH, hdrs.AUTHORIZATION, hdrs.TRANSFER_ENCODING)
+# Probes from the orchestrator and Prometheus are not rate limited per IP, and the
+# session-issuing endpoints have their own limit (see handlers.issue_session).
+_UNTHROTTLED_ROUTES = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/v1/checkout-auth/init", "/checkout-auth/init"}
+)
 _KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 REQUEST_ID_HEADER = "X-Request-Id"
 
@@ -85,6 +102,34 @@ async def error_responses(request: web.Request, handler: Handler) -> web.StreamR
             raise
         log.exception("unhandled_error")
         return error_response(request, BrokerError("unhandled error"))
+
+
+@web.middleware
+async def guard_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    gateway = request.app[gateway_key]
+    for name in _SINGLE_HEADERS:
+        if len(request.headers.getall(name, ())) > 1:
+            raise BadRequest(f"Duplicate {name} header.")
+    if hdrs.CONTENT_LENGTH in request.headers and hdrs.TRANSFER_ENCODING in request.headers:
+        raise BadRequest("Content-Length and Transfer-Encoding together.")
+    if request[exchange_key].route not in _UNTHROTTLED_ROUTES:
+        gateway.ip_throttle.take(remote_address(request))
+    if gateway.cors.is_preflight(request):
+        if not gateway.cors.allows(request.headers.get(hdrs.ORIGIN)):
+            raise Forbidden("origin not allowed")
+        return gateway.cors.preflight_response()
+    return await handler(request)
+
+
+def remote_address(request: web.Request) -> str:
+    """The client's IP: X-Forwarded-For is believed only from trusted proxies."""
+    trusted = request.app[gateway_key].settings.server.trusted_proxies
+    return client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: CORS headers on every answer, errors and streams too."""
+    request.app[gateway_key].cors.decorate(request, response.headers)
 
 
 def error_response(request: web.Request, exc: BrokerError) -> web.Response:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from broker.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from broker.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from broker.upstream import USER_AGENT
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy Proxy-Connection.
@@ -86,7 +88,7 @@ def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[
     return headers
 
 
-async def read_body(request: web.Request, limit: int) -> bytes | None:
+async def read_body(request: web.Request, limit: int, within: float) -> bytes | None:
     """The whole request body (bounded, so that it can be replayed after a 401)."""
     encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
     if encoding != "identity":
@@ -96,10 +98,14 @@ async def read_body(request: web.Request, limit: int) -> bytes | None:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"declared body of {request.content_length} bytes")
     body = bytearray()
-    async for chunk in request.content.iter_chunked(STREAM_CHUNK):
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge("streamed body over the limit")
+    try:
+        async with asyncio.timeout(within):  # a slow body must not hold a worker
+            async for chunk in request.content.iter_chunked(STREAM_CHUNK):
+                body += chunk
+                if len(body) > limit:
+                    raise PayloadTooLarge("streamed body over the limit")
+    except TimeoutError:
+        raise RequestTimeout("request body too slow") from None
     return bytes(body)
 
 

@@ -14,7 +14,8 @@ from aiohttp import web
 
 from broker import __version__
 from broker.access_log import AccessLogger
-from broker.app import create_app, create_metrics_app
+from broker.admin import create_admin_app
+from broker.app import create_app, create_metrics_app, runner_options
 from broker.keys import gateway_key
 from broker.logs import configure_logging
 from broker.settings import Settings
@@ -31,14 +32,7 @@ async def serve(
     registry = prometheus_client.REGISTRY  # keeps the default process/GC collectors
     separate_metrics = settings.metrics_port != 0
     app = create_app(settings, registry=registry, serve_metrics=not separate_metrics)
-    runners = [
-        web.AppRunner(
-            app,
-            access_log_class=AccessLogger,
-            handler_cancellation=True,  # a caller gone stops its upstream call
-            shutdown_timeout=settings.server.shutdown_timeout,
-        )
-    ]
+    runners = [web.AppRunner(app, **runner_options(settings))]
     await runners[0].setup()
     site = web.TCPSite(
         runners[0], settings.server.host, settings.server.port, reuse_port=reuse_port or None
@@ -57,6 +51,15 @@ async def serve(
         await metrics_site.start()
         runners.append(metrics_runner)
         urls.append(metrics_site.name)
+    if settings.admin.enabled:
+        admin_runner = web.AppRunner(create_admin_app(app), access_log_class=AccessLogger)
+        await admin_runner.setup()
+        admin_site = web.TCPSite(
+            admin_runner, settings.admin.host, settings.admin.port, reuse_port=reuse_port or None
+        )
+        await admin_site.start()
+        runners.append(admin_runner)
+        urls.append(admin_site.name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -79,8 +79,10 @@ class SessionAuthority:
         )
 
     def issue(self, key: TokenKey, client_id: str) -> IssuedSession:
-        now = int(self._clock())
-        expires_at = now + self._settings.ttl
+        # Millisecond iat: a revocation "before now" must not catch a session issued
+        # in the same second just after it.
+        now = round(self._clock(), 3)
+        expires_at = int(now) + self._settings.ttl
         claims = {
             "iss": self._settings.issuer,
             "aud": self._settings.audience,
@@ -152,7 +154,9 @@ def _session_from_claims(claims: dict[str, object]) -> Session:
         or claims["sub"] != customer_id
         or not isinstance(client_id, str)
         or not isinstance(jti, str)
-        or not isinstance(iat, int)
+        or isinstance(iat, bool)
+        or not isinstance(iat, int | float)
+        or isinstance(exp, bool)
         or not isinstance(exp, int)
     ):
         raise AuthFailure("invalid_claims")

@@ -12,8 +12,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from broker.access_log import AccessLogger
-from broker.app import create_app
+from broker.app import create_app, runner_options
 from broker.sandbox import SandboxSettings, create_sandbox_app
 from broker.settings import Settings
 from tests.helpers import API_KEY, Sandbox, auth, make_settings
@@ -48,7 +47,9 @@ def make_broker(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) ->
     async def make(settings: Settings, registry: CollectorRegistry | None = None) -> BrokerClient:
         app = create_app(settings, registry=registry or CollectorRegistry())
         # The production runner's access logger: request_finished lines in tests too.
-        server = await aiohttp_server(app, access_log_class=AccessLogger)
+        options = runner_options(settings)
+        del options["handler_cancellation"]  # TestServer always sets it (True)
+        server = await aiohttp_server(app, **options)
         return cast(BrokerClient, await aiohttp_client(server))
 
     return make

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from yarl import URL
 
 from broker.settings import (
+    LimitSettings,
     SessionSettings,
     Settings,
     TokenSettings,
@@ -20,6 +21,14 @@ from broker.settings import (
 API_KEY = "test-api-key-0123456789"
 CLIENT_ID = "sandbox-client"
 CLIENT_SECRET = "sandbox-secret"
+GENEROUS_LIMITS = LimitSettings(
+    ip_requests_per_second=100_000,
+    ip_burst=100_000,
+    session_requests_per_second=100_000,
+    session_burst=100_000,
+    init_requests_per_second=100_000,
+    init_burst=100_000,
+)
 
 
 @functools.cache
@@ -46,6 +55,8 @@ def make_settings(upstream_url: URL | str, **overrides: Any) -> Settings:
         ttl=overrides.pop("session_ttl", 900),
     )
     tokens = TokenSettings(refresh_margin=overrides.pop("refresh_margin", 60.0))
+    # Load tests send far more than one browser would; security tests set their own.
+    overrides.setdefault("limits", GENEROUS_LIMITS)
     return Settings(upstream=upstream, sessions=sessions, tokens=tokens, **overrides)
 
 

@@ -1,0 +1,82 @@
+"""The operators' surface, on its own listener with its own key: inspect and revoke.
+
+Metadata only: a token never leaves the broker, not even to an operator. Every call,
+allowed or refused, is audit-logged.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from aiohttp import web
+
+from broker.credentials import fingerprint, valid_id
+from broker.errors import BadRequest
+from broker.handlers import NO_STORE, bearer_token
+from broker.keys import gateway_key
+from broker.middlewares import error_responses, request_context
+from broker.sessions import ApiKeys, AuthFailure
+
+log = structlog.get_logger("broker.admin")
+admin_key_key = web.AppKey("admin_key", ApiKeys)
+
+
+def create_admin_app(main: web.Application) -> web.Application:
+    """A separate application sharing *main*'s gateway (tokens, revocations)."""
+    gateway = main[gateway_key]
+    app = web.Application(middlewares=[request_context, error_responses])
+    app[gateway_key] = gateway
+    app[admin_key_key] = ApiKeys((gateway.settings.admin.api_key,))
+    path = "/admin/v1/customers/{customer_id}/tokens"
+    app.router.add_get(path, customer_tokens)
+    app.router.add_delete(path, revoke_customer)
+    return app
+
+
+def _authorise(request: web.Request, action: str) -> str:
+    customer_id = request.match_info["customer_id"]
+    remote = request.remote
+    try:
+        presented = bearer_token(request)
+    except AuthFailure:
+        presented = ""
+    if not presented or not request.app[admin_key_key].check(presented):
+        log.warning("admin_audit", action=action, customer_id=customer_id[:64],
+                    remote=remote, outcome="unauthenticated")  # fmt: skip
+        raise AuthFailure("unknown_admin_key")
+    if not valid_id(customer_id):
+        log.warning("admin_audit", action=action, remote=remote, outcome="bad_request")
+        raise BadRequest("invalid customer id")
+    return customer_id
+
+
+async def customer_tokens(request: web.Request) -> web.Response:
+    customer_id = _authorise(request, "list_tokens")
+    gateway = request.app[gateway_key]
+    now = time.time()
+    store = gateway.connected.tokens.store
+    tokens = [
+        {
+            "invoice_id": key.invoice_id,
+            "expires_at": round(token.expires_at, 3),
+            "age_s": round(now - token.obtained_at, 3),
+            "fingerprint": fingerprint(token.value),
+        }
+        for key, token in store.items()
+        if key.customer_id == customer_id
+    ]
+    log.info("admin_audit", action="list_tokens", customer_id=customer_id,
+             remote=request.remote, outcome="ok", tokens=len(tokens))  # fmt: skip
+    return web.json_response({"customer_id": customer_id, "tokens": tokens}, headers=NO_STORE)
+
+
+async def revoke_customer(request: web.Request) -> web.Response:
+    customer_id = _authorise(request, "revoke")
+    gateway = request.app[gateway_key]
+    before = time.time()
+    evicted = await gateway.revoke_customer(customer_id, before)
+    log.info("admin_audit", action="revoke", customer_id=customer_id, remote=request.remote,
+             outcome="ok", tokens_evicted=evicted, revoked_before=before)  # fmt: skip
+    body = {"customer_id": customer_id, "evicted": evicted, "sessions_revoked_before": before}
+    return web.json_response(body, headers=NO_STORE)

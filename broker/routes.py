@@ -1,0 +1,75 @@
+"""The route allowlist: which (method, path) pairs the browser may reach upstream.
+
+By default exactly the SDK's calls (upstream-api.md §3) under ``/checkout/`` and
+``/checkout/v1/``; configured pairs add to them. Matching runs on the raw path
+segments that will be forwarded, so what is checked is what is forwarded.
+"""
+
+from __future__ import annotations
+
+from broker.credentials import ID_PATTERN
+from broker.errors import MethodNotAllowed, NotFound
+
+SDK_ROUTES = (
+    "GET preferences/theme",
+    "GET invoice",
+    "GET invoice/pdf-link",
+    "GET payment-methods",
+    "GET card-form/credentials",
+    "POST payment-methods/card",
+    "POST payment-methods/bank",
+    "POST payment-methods/{id}/cvv",
+    "POST payments",
+    "POST address/autocomplete",
+    "POST address/details",
+)
+SDK_PREFIXES = ("/checkout/", "/checkout/v1/")
+PLACEHOLDER = "{id}"
+
+Template = tuple[str, ...]
+
+
+def _split(path: str) -> Template:
+    return tuple(path.strip("/").split("/"))
+
+
+class RouteTable:
+    """Allowed (method, path template) pairs; ``{id}`` matches one opaque ID segment."""
+
+    def __init__(self, extra: tuple[str, ...] = (), *, allow_any: bool = False) -> None:
+        self.allow_any = allow_any
+        self._routes: dict[Template, set[str]] = {}
+        self._templated: list[tuple[Template, set[str]]] = []
+        for prefix in SDK_PREFIXES:
+            for pair in SDK_ROUTES:
+                method, path = pair.split(" ", 1)
+                self._add(method, prefix + path)
+        for pair in extra:
+            method, path = pair.split(" ", 1)
+            self._add(method, path)
+
+    def _add(self, method: str, path: str) -> None:
+        template = _split(path)
+        self._routes.setdefault(template, set()).add(method)
+        if PLACEHOLDER in template:
+            self._templated = [(t, m) for t, m in self._routes.items() if PLACEHOLDER in t]
+
+    def check(self, method: str, raw_path: str) -> None:
+        """Raise NotFound for an unknown path, MethodNotAllowed for a wrong method."""
+        if self.allow_any:
+            return
+        methods = self._methods_for(_split(raw_path))
+        if methods is None:
+            raise NotFound("path not on the route allowlist")
+        if method not in methods:
+            raise MethodNotAllowed(f"{method} not allowed on this path")
+
+    def _methods_for(self, segments: Template) -> set[str] | None:
+        methods = set(self._routes.get(segments, ()))  # exact paths: one dict lookup
+        for template, allowed in self._templated:
+            if len(template) == len(segments) and all(
+                want == got or (want == PLACEHOLDER and ID_PATTERN.fullmatch(got))
+                for want, got in zip(template, segments, strict=True)
+            ):
+                methods |= allowed
+        return methods or None
