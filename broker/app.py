@@ -15,8 +15,8 @@ from broker.gateway import Gateway
 from broker.keys import gateway_key, registry_key
 from broker.metrics import Metrics
 from broker.middlewares import (
-    add_cors_headers,
     error_responses,
+    finish_headers,
     guard_requests,
     request_context,
 )
@@ -41,7 +41,7 @@ def create_app(
     app[registry_key] = registry
     app.cleanup_ctx.append(_gateway_lifetime)
     app.on_shutdown.append(_stop_being_ready)
-    app.on_response_prepare.append(add_cors_headers)
+    app.on_response_prepare.append(finish_headers)
 
     router = app.router
     router.add_get("/healthz", handlers.health)

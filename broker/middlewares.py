@@ -127,8 +127,10 @@ def remote_address(request: web.Request) -> str:
     return client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
 
 
-async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: CORS headers on every answer, errors and streams too."""
+async def finish_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: CORS headers on every answer (errors and streams too),
+    and a Server header that does not advertise library versions."""
+    response.headers[hdrs.SERVER] = "token-broker"
     request.app[gateway_key].cors.decorate(request, response.headers)
 
 
