@@ -7,14 +7,14 @@ never logged: it may carry cursors or, by mistake, credentials.
 
 from __future__ import annotations
 
-import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from broker.keys import exchange_key
+from broker.logs import get_logger
 from broker.middlewares import route_template
 
-log = structlog.get_logger("broker.access")
+log = get_logger("broker.access")
 MAX_LOGGED_PATH = 256
 
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import time
 
-import structlog
 from aiohttp import web
 
 from broker.credentials import fingerprint, valid_id
 from broker.errors import BadRequest
 from broker.handlers import NO_STORE, bearer_token
 from broker.keys import gateway_key
+from broker.logs import get_logger
 from broker.middlewares import error_responses, request_context
 from broker.sessions import ApiKeys, AuthFailure
 
-log = structlog.get_logger("broker.admin")
+log = get_logger("broker.admin")
 admin_key_key = web.AppKey("admin_key", ApiKeys)
 
 

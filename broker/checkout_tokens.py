@@ -17,11 +17,10 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-import structlog
-
 from broker.coordination import LocalCoordinator, MintCoordinator
 from broker.credentials import CheckoutToken, TokenKey, effective_expiry, fingerprint
 from broker.errors import BadGateway, BrokerError, RateBudgetExhausted, TokenMismatch
+from broker.logs import get_logger
 from broker.metrics import TIER_CHECKOUT, Metrics
 from broker.partner_api import (
     MintedToken,
@@ -33,7 +32,7 @@ from broker.partner_token import PartnerToken
 from broker.rate_budget import RateBudget
 from broker.token_store import TokenStore
 
-log = structlog.get_logger("broker.checkout_tokens")
+log = get_logger("broker.checkout_tokens")
 
 HIT = "hit"
 REFRESHED_AHEAD = "refreshed_ahead"

@@ -6,12 +6,12 @@ import asyncio
 from dataclasses import dataclass
 
 import aiohttp
-import structlog
 
 from broker.checkout_tokens import CheckoutTokens
 from broker.cors import CorsPolicy
 from broker.errors import BrokerError
 from broker.identity import IdentityVerifier
+from broker.logs import get_logger
 from broker.metrics import Metrics
 from broker.ownership import Ownership
 from broker.partner_api import PartnerApi
@@ -25,7 +25,7 @@ from broker.throttle import TokenBuckets
 from broker.token_store import MemoryTokenStore
 from broker.upstream import open_session
 
-log = structlog.get_logger("broker.gateway")
+log = get_logger("broker.gateway")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ import json
 import time
 
 import aiohttp
-import structlog
 from aiohttp import hdrs, web
 from yarl import URL
 
@@ -15,6 +14,7 @@ from broker.errors import BadGateway, BadRequest, MethodNotAllowed, NotFound
 from broker.exchange import Exchange
 from broker.gateway import Gateway
 from broker.keys import exchange_key, gateway_key
+from broker.logs import get_logger
 from broker.middlewares import REQUEST_ID_HEADER, remote_address
 from broker.paths import check_proxy_target
 from broker.relay import (
@@ -27,7 +27,7 @@ from broker.relay import (
 from broker.sessions import AuthFailure
 from broker.upstream import upstream_call
 
-log = structlog.get_logger("broker.handlers")
+log = get_logger("broker.handlers")
 
 PROXY_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 NO_STORE = {hdrs.CACHE_CONTROL: "no-store"}

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 
 import aiohttp
 import jwt
-import structlog
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from broker.credentials import valid_id
+from broker.logs import get_logger
 from broker.sessions import AuthFailure
 from broker.settings import JwtAuthSettings
 
-log = structlog.get_logger("broker.identity")
+log = get_logger("broker.identity")
 
 MAX_IDP_TOKEN_LENGTH = 8192
 MAX_JWKS_BYTES = 256 * 1024

@@ -28,10 +28,11 @@ from broker.errors import (
 )
 from broker.exchange import Exchange
 from broker.keys import exchange_key, gateway_key
+from broker.logs import get_logger
 from broker.sessions import AuthFailure
 from broker.throttle import client_ip
 
-log = structlog.get_logger("broker.requests")
+log = get_logger("broker.requests")
 
 # A caller's X-Request-Id is kept only when it is short and plain.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")

@@ -7,15 +7,14 @@ import random
 import time
 from collections.abc import Callable
 
-import structlog
-
 from broker.credentials import margin_for
 from broker.errors import BrokerError, CredentialsRejected, ServiceUnavailable
+from broker.logs import get_logger
 from broker.metrics import TIER_PARTNER, Metrics
 from broker.partner_api import OAuthToken, PartnerApi
 from broker.rate_budget import RateBudget
 
-log = structlog.get_logger("broker.partner_token")
+log = get_logger("broker.partner_token")
 
 # Backoff after failed fetches: long enough not to hammer a vendor that refuses our
 # credentials, short enough that readiness comes back soon after they are fixed.

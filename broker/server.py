@@ -9,7 +9,6 @@ import signal
 from collections.abc import Awaitable, Callable
 
 import prometheus_client
-import structlog
 from aiohttp import web
 
 from broker import __version__
@@ -17,10 +16,10 @@ from broker.access_log import AccessLogger
 from broker.admin import create_admin_app
 from broker.app import create_app, create_metrics_app, runner_options
 from broker.keys import gateway_key
-from broker.logs import configure_logging
+from broker.logs import configure_logging, get_logger
 from broker.settings import Settings
 
-log = structlog.get_logger("broker.server")
+log = get_logger("broker.server")
 
 OnStarted = Callable[[list[str]], Awaitable[None]]
 

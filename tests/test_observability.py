@@ -54,7 +54,7 @@ def logs() -> Iterator[LogCapture]:
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     stream = io.StringIO()
-    configure_logging(fmt="json", level="debug", stream=stream)
+    configure_logging(fmt="json", level="debug", stream=stream, cache=False)
     yield LogCapture(stream)
     root.handlers[:], root.level = saved
     structlog.reset_defaults()
