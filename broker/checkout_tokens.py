@@ -161,8 +161,12 @@ class CheckoutTokens:
         if exc is not None and ahead:
             current = self._store.get(key)
             retry_at = self._clock() + RENEWAL_RETRY_DELAY
-            if current is not None and retry_at < current.forward_until:
-                self._push(retry_at, key)
+            if current is not None:
+                # Lookups in the window must not retry on every request: one retry
+                # a second, by the scheduler, while the current token lasts.
+                current.refresh_at = retry_at
+                if retry_at < current.forward_until:
+                    self._push(retry_at, key)
             log.warning("checkout_token_renewal_failed", key=str(key), error=type(exc).__name__)
 
     async def _mint(self, key: TokenKey, *, ahead: bool) -> CheckoutToken:
