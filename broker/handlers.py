@@ -20,7 +20,7 @@ from broker.paths import check_proxy_target
 from broker.relay import (
     downstream_response_headers,
     read_body,
-    stream_back,
+    relay_response,
     upstream_request_headers,
     upstream_url,
 )
@@ -155,7 +155,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             raise BadGateway(f"upstream redirected ({upstream.status})")
         headers = downstream_response_headers(upstream.headers)
         headers[REQUEST_ID_HEADER] = exchange.request_id
-        return await stream_back(request, upstream, headers)
+        return await relay_response(request, upstream, headers)
     finally:
         upstream.release()
 

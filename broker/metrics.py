@@ -7,7 +7,8 @@ calls by kind. No customer, invoice, path or token ever becomes a label value.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -42,6 +43,9 @@ class Metrics:
     rate_budget_exhausted: Counter
     credentials_rejected: Gauge
     redis_degraded: Gauge
+    # Bound children by label values: labels() costs a lock and a dict build per call,
+    # and every request would pay it several times. The label sets are bounded.
+    _children: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -126,6 +130,29 @@ class Metrics:
         )
         metrics.build_info.labels(version=__version__).set(1)
         return metrics
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = ("request", route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route=route, method=method, status=str(status)),
+                self.request_duration.labels(route=route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def upstream_done(self, kind: str, status: str, seconds: float) -> None:
+        key = ("upstream", kind, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.upstream_requests.labels(kind=kind, status=status) if status else None,
+                self.upstream_duration.labels(kind=kind),
+            )
+        if children[0] is not None:
+            children[0].inc()
+        children[1].observe(seconds)
 
     def track_cache_size(self, size: Callable[[], float]) -> None:
         self.cache_entries.set_function(size)

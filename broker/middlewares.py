@@ -10,9 +10,9 @@ answers CORS preflights before any handler (or upstream) sees them.
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
-import uuid
 
 import structlog
 from aiohttp import hdrs, web
@@ -58,7 +58,7 @@ def request_id_for(request: web.BaseRequest) -> str:
     values = request.headers.getall(REQUEST_ID_HEADER, ())
     if len(values) == 1 and _SANE_REQUEST_ID.fullmatch(values[0]):
         return values[0]
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # a uuid4's entropy at a third of its cost
 
 
 @web.middleware
@@ -82,8 +82,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         raise
     finally:
         metrics.inflight.dec()
-        metrics.requests.labels(route=exchange.route, method=method, status=str(status)).inc()
-        metrics.request_duration.labels(route=exchange.route).observe(time.perf_counter() - started)
+        metrics.request_done(exchange.route, method, status, time.perf_counter() - started)
 
 
 @web.middleware

@@ -9,7 +9,14 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from broker.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from broker.errors import (
+    BadGateway,
+    BadRequest,
+    GatewayTimeout,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from broker.upstream import USER_AGENT
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy Proxy-Connection.
@@ -46,6 +53,7 @@ _DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
     "access-control-max-age",
 }
 STREAM_CHUNK = 64 * 1024
+SMALL_BODY = 64 * 1024
 
 
 def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
@@ -113,6 +121,27 @@ def upstream_url(base: URL, raw_path: str, raw_query: str) -> URL:
     """The upstream URL with the caller's path and query kept byte for byte."""
     target = str(base).rstrip("/") + raw_path + (f"?{raw_query}" if raw_query else "")
     return URL(target, encoded=True)
+
+
+async def relay_response(
+    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+) -> web.StreamResponse:
+    """Send the upstream's answer: small bodies in one write, large ones streamed."""
+    length = upstream.content_length
+    if length is None or length > SMALL_BODY:
+        return await stream_back(request, upstream, headers)
+    # Read before answering, so a broken small body is still a clean 502/504; and one
+    # write of headers and body instead of three costs a third of the syscalls.
+    try:
+        body = await upstream.content.readexactly(length)
+    except asyncio.IncompleteReadError as exc:
+        raise BadGateway("upstream body shorter than its Content-Length") from exc
+    except TimeoutError as exc:
+        raise GatewayTimeout("upstream body timed out") from exc
+    except aiohttp.ClientError as exc:
+        raise BadGateway("upstream body broken") from exc
+    del headers[hdrs.CONTENT_LENGTH]  # web.Response sets it from the body
+    return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
 
 async def stream_back(

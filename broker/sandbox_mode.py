@@ -7,7 +7,6 @@ start that works by copy and paste.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.resources
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker.cli_text import quick_start
 from broker.logs import configure_logging
 from broker.sandbox import SandboxSettings, create_sandbox_app
-from broker.server import serve
+from broker.server import run_loop, serve
 from broker.settings import ConfigError, Settings, load_settings
 
 log = structlog.get_logger("broker.sandbox_mode")
@@ -63,7 +62,7 @@ def serve_with_sandbox(*, host: str | None, port: int | None, sandbox_port: int)
             print(f"token-broker: {problem}")
         return EXIT_CONFIG
     configure_logging(fmt=settings.log_format, level=settings.log_level)
-    asyncio.run(_run(settings, sandbox_port))
+    run_loop(_run(settings, sandbox_port))
     return EXIT_OK
 
 

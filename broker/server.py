@@ -6,7 +6,8 @@ import asyncio
 import multiprocessing
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
@@ -85,7 +86,7 @@ def run(load: LoadSettings, workers: int) -> None:
     one): each worker loads the settings itself, since key objects do not pickle.
     """
     if workers <= 1:
-        asyncio.run(serve(load()))
+        run_loop(serve(load()))
         return
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker, args=(load,)) for _ in range(workers)]
@@ -108,4 +109,14 @@ def run(load: LoadSettings, workers: int) -> None:
 def _worker(load: LoadSettings) -> None:
     settings = load()
     configure_logging(fmt=settings.log_format, level=settings.log_level)
-    asyncio.run(serve(settings, reuse_port=True))
+    run_loop(serve(settings, reuse_port=True))
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run *main* on uvloop when installed (its event loop costs less per request)."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

@@ -64,10 +64,8 @@ async def upstream_call(metrics: Metrics, kind: str) -> AsyncIterator[CallRecord
         record.status = "invalid"
         raise BadGateway(f"{kind} upstream sent an invalid answer") from exc
     finally:
-        if record.status:
-            metrics.upstream_requests.labels(kind=kind, status=record.status).inc()
         record.elapsed = time.perf_counter() - started
-        metrics.upstream_duration.labels(kind=kind).observe(record.elapsed)
+        metrics.upstream_done(kind, record.status, record.elapsed)
 
 
 class CallRecord:
