@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -16,7 +17,7 @@ from broker.metrics import Metrics
 from broker.ownership import Ownership
 from broker.partner_api import PartnerApi
 from broker.partner_token import PartnerToken
-from broker.rate_budget import SlidingWindowBudget
+from broker.rate_budget import RateBudget, SlidingWindowBudget
 from broker.revocations import Revocations
 from broker.routes import RouteTable
 from broker.sessions import ApiKeys, AuthFailure, Session, SessionAuthority
@@ -24,6 +25,9 @@ from broker.settings import Settings
 from broker.throttle import TokenBuckets
 from broker.token_store import MemoryTokenStore
 from broker.upstream import open_session
+
+if TYPE_CHECKING:
+    from broker.redis_backend import RedisBackend
 
 log = get_logger("broker.gateway")
 
@@ -37,6 +41,7 @@ class Connected:
     partner: PartnerToken
     tokens: CheckoutTokens
     ownership: Ownership
+    shared: RedisBackend | None = None  # with [cache] backend = "redis"
 
 
 class Gateway:
@@ -74,11 +79,21 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings.upstream
+        shared = await self._open_shared()
+        budget: RateBudget = (
+            SlidingWindowBudget(settings.rate_limit_per_second) if shared is None else shared.budget
+        )
         http = open_session(settings)
         api = PartnerApi(http, settings, self.metrics)
-        budget = SlidingWindowBudget(settings.rate_limit_per_second)
-        partner = PartnerToken(api, budget, self.metrics, max_wait=settings.rate_limit_max_wait)
+        partner = PartnerToken(
+            api,
+            budget,
+            self.metrics,
+            max_wait=settings.rate_limit_max_wait,
+            share=None if shared is None else shared.partner_cache,
+        )
         tokens = CheckoutTokens(
+            coordinator=None if shared is None else shared.coordinator,
             store=MemoryTokenStore(self.settings.tokens.max_entries),
             api=api,
             partner=partner,
@@ -88,6 +103,8 @@ class Gateway:
             max_wait=settings.rate_limit_max_wait,
         )
         tokens.start()
+        if shared is not None:
+            shared.on_eviction(tokens.evict_customer)
         ownership = Ownership(
             api,
             partner,
@@ -96,7 +113,7 @@ class Gateway:
             max_wait=settings.rate_limit_max_wait,
         )
         self._connected = Connected(
-            http=http, api=api, partner=partner, tokens=tokens, ownership=ownership
+            http=http, api=api, partner=partner, tokens=tokens, ownership=ownership, shared=shared
         )
         # Fetch the partner token now so that readiness tells the truth from the start.
         self._warmup = asyncio.get_running_loop().create_task(partner.probe())
@@ -109,19 +126,58 @@ class Gateway:
             await self._connected.tokens.close()
             await self._connected.partner.close()
             await self._connected.http.close()
+            if self._connected.shared is not None:
+                await self._connected.shared.close()
             self._connected = None
 
-    def authenticate(self, token: str) -> Session:
+    async def _open_shared(self) -> RedisBackend | None:
+        cache, upstream = self.settings.cache, self.settings.upstream
+        if cache.backend != "redis":
+            return None
+        # Imported here: redis is an optional extra, needed only for this backend.
+        from broker.redis_backend import open_redis_backend  # noqa: PLC0415
+
+        return await open_redis_backend(
+            cache,
+            self.metrics,
+            rate=upstream.rate_limit_per_second,
+            refresh_margin=self.settings.tokens.refresh_margin,
+            mint_timeout=(
+                upstream.rate_limit_max_wait + upstream.connect_timeout + upstream.read_timeout
+            ),
+        )
+
+    async def authenticate(self, token: str) -> Session:
         """The session behind a browser's bearer token, unless invalid or revoked."""
         session = self.sessions.verify(token)
-        if self.revocations.revoked(session.key.customer_id, session.issued_at):
+        customer_id = session.key.customer_id
+        if self.revocations.revoked(customer_id, session.issued_at):
             raise AuthFailure("revoked")
+        shared = None if self._connected is None else self._connected.shared
+        if shared is not None:
+            # Read on every request, so a revocation on any replica holds on the next one.
+            before = await shared.revoked_before(customer_id)
+            if before is not None and session.issued_at <= before:
+                raise AuthFailure("revoked")
         return session
 
     async def revoke_customer(self, customer_id: str, before: float) -> int:
         """Evict the customer's checkout JWTs and refuse their sessions issued so far."""
         self.revocations.revoke(customer_id, before)
-        return self.connected.tokens.evict_customer(customer_id)
+        evicted = self.connected.tokens.evict_customer(customer_id)
+        shared = self.connected.shared
+        if shared is not None:
+            # Every replica; a ServiceUnavailable (503) tells the operator if not shared.
+            until = before + self.settings.sessions.ttl + self.settings.sessions.leeway
+            await shared.revoke_sessions(customer_id, before, until)
+            await shared.publish_eviction(customer_id)
+        return evicted
+
+    def readiness_notes(self) -> list[str]:
+        """What readiness should say about a mode that still serves (answered with 200)."""
+        shared = None if self._connected is None else self._connected.shared
+        note = None if shared is None else shared.health_note()
+        return [] if note is None else [note]
 
     async def readiness_problems(self) -> list[str]:
         """Why this instance should not get traffic now; empty when ready."""

@@ -59,7 +59,9 @@ async def readiness(request: web.Request) -> web.Response:
     if problems:
         body = {"status": "not_ready", "reasons": problems}
         return web.json_response(body, status=503, headers=NO_STORE)
-    return web.json_response({"status": "ready"}, headers=NO_STORE)
+    notes = gateway.readiness_notes()  # e.g. Redis down: this replica serves alone
+    ready = {"status": "ready", "notes": notes} if notes else {"status": "ready"}
+    return web.json_response(ready, headers=NO_STORE)
 
 
 async def jwks(request: web.Request) -> web.Response:
@@ -129,7 +131,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     gateway.routes.check(request.method, raw_path)
     if request.method not in PROXY_METHODS:
         raise MethodNotAllowed()
-    session = gateway.authenticate(bearer_token(request))
+    session = await gateway.authenticate(bearer_token(request))
     exchange.customer_id, exchange.invoice_id = session.key
     gateway.session_throttle.take(session.jti)
     limits = gateway.settings.limits

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from broker.credentials import margin_for
 from broker.errors import BrokerError, CredentialsRejected, ServiceUnavailable
@@ -24,6 +25,15 @@ BACKOFF_MAX = 30.0
 REFRESH_MARGIN = 60.0
 
 
+class PartnerTokenShare(Protocol):
+    """Where replicas share the partner token (Redis); there is none in one process."""
+
+    async def obtain(
+        self, fetch: Callable[[], Awaitable[OAuthToken]], *, current: str | None
+    ) -> OAuthToken:
+        """A token other than *current* (held or refused): a peer's, or ``await fetch()``."""
+
+
 class PartnerToken:
     """Holds the partner's bearer token and knows whether it can currently get one."""
 
@@ -34,14 +44,17 @@ class PartnerToken:
         metrics: Metrics,
         *,
         max_wait: float,
+        share: PartnerTokenShare | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api = api
+        self._share = share
         self._budget = budget
         self._metrics = metrics
         self._max_wait = max_wait
         self._clock = clock
         self._token: str | None = None
+        self._refused: str | None = None  # never adopt a peer's copy of it again
         self._use_until = 0.0
         self._refresh_at = 0.0
         self._expires_at = 0.0
@@ -89,6 +102,7 @@ class PartnerToken:
         """The upstream refused *token*: stop using it (unless already replaced)."""
         if token == self._token:
             self._token = None
+            self._refused = token
             self._use_until = 0.0
 
     async def probe(self) -> None:
@@ -119,13 +133,20 @@ class PartnerToken:
     async def _fetch(self) -> str:
         started = self._clock()
         try:
-            await self._budget.acquire(self._max_wait)
-            answer = await self._api.fetch_oauth_token()
+            if self._share is None:
+                answer = await self._fetch_upstream()
+            else:
+                current = self._token or self._refused
+                answer = await self._share.obtain(self._fetch_upstream, current=current)
         except BrokerError as exc:
             self._record_failure(exc)
             raise
         self._record_success(answer, started)
         return answer.access_token
+
+    async def _fetch_upstream(self) -> OAuthToken:
+        await self._budget.acquire(self._max_wait)
+        return await self._api.fetch_oauth_token()
 
     def _record_success(self, answer: OAuthToken, started: float) -> None:
         now = self._clock()

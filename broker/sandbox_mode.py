@@ -11,18 +11,17 @@ import importlib.resources
 import os
 from pathlib import Path
 
-import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.cli_text import quick_start
-from broker.logs import configure_logging
+from broker.logs import configure_logging, get_logger
 from broker.sandbox import SandboxSettings, create_sandbox_app
 from broker.server import run_loop, serve
 from broker.settings import ConfigError, Settings, load_settings
 
-log = structlog.get_logger("broker.sandbox_mode")
+log = get_logger("broker.sandbox_mode")
 
 EXIT_OK, EXIT_CONFIG = 0, 1
 

@@ -1,0 +1,90 @@
+"""Fixtures for the Redis backend: a real redis-server (never skipped), namespaces, replicas.
+
+One redis-server serves the whole session; every test gets its own namespace, so
+tests never see each other's keys. A missing redis-server fails the run loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from broker.metrics import Metrics
+from broker.redis_backend import RedisBackend, open_redis_backend
+from broker.settings import CacheSettings
+from tests.redis.processes import MISSING_REDIS, RedisServer, free_port, redis_executable
+
+MakeBackend = Callable[..., Awaitable[RedisBackend]]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    executable = redis_executable()
+    if executable is None:
+        pytest.fail(MISSING_REDIS)
+    server = RedisServer(executable, free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def encryption_key() -> bytes:
+    return os.urandom(32)
+
+
+@pytest.fixture
+def cache_settings(redis_server: RedisServer, encryption_key: bytes) -> CacheSettings:
+    return CacheSettings(
+        backend="redis",
+        redis_url=redis_server.url,
+        encryption_keys=(encryption_key,),
+        namespace=f"t{uuid.uuid4().hex[:10]}",
+        redis_timeout=1.0,
+        lease_ttl=1.0,
+    )
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A plain client for looking at what the broker stored."""
+    client = Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def make_backend(cache_settings: CacheSettings) -> AsyncIterator[MakeBackend]:
+    """In-process replicas: each call opens one more backend on the same namespace."""
+    opened: list[RedisBackend] = []
+
+    async def make(
+        settings: CacheSettings | None = None,
+        *,
+        rate: float = 1000.0,
+        metrics: Metrics | None = None,
+    ) -> RedisBackend:
+        backend = await open_redis_backend(
+            settings or cache_settings,
+            metrics or Metrics.create(CollectorRegistry()),
+            rate=rate,
+            refresh_margin=60.0,
+            mint_timeout=5.0,
+        )
+        opened.append(backend)
+        return backend
+
+    try:
+        yield make
+    finally:
+        for backend in opened:
+            await backend.close()
