@@ -24,6 +24,7 @@ from broker.sessions import ApiKeys, AuthFailure, Session, SessionAuthority
 from broker.settings import Settings
 from broker.throttle import TokenBuckets
 from broker.token_store import MemoryTokenStore
+from broker.transport import AiohttpTransport, UpstreamTransport
 from broker.upstream import open_session
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class Connected:
     partner: PartnerToken
     tokens: CheckoutTokens
     ownership: Ownership
+    transport: UpstreamTransport
     shared: RedisBackend | None = None  # with [cache] backend = "redis"
 
 
@@ -113,7 +115,13 @@ class Gateway:
             max_wait=settings.rate_limit_max_wait,
         )
         self._connected = Connected(
-            http=http, api=api, partner=partner, tokens=tokens, ownership=ownership, shared=shared
+            http=http,
+            api=api,
+            partner=partner,
+            tokens=tokens,
+            ownership=ownership,
+            transport=AiohttpTransport(http),
+            shared=shared,
         )
         # Fetch the partner token now so that readiness tells the truth from the start.
         self._warmup = asyncio.get_running_loop().create_task(partner.probe())
@@ -125,6 +133,7 @@ class Gateway:
         if self._connected is not None:
             await self._connected.tokens.close()
             await self._connected.partner.close()
+            await self._connected.transport.close()
             await self._connected.http.close()
             if self._connected.shared is not None:
                 await self._connected.shared.close()

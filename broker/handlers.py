@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import aiohttp
 from aiohttp import hdrs, web
 from yarl import URL
 
@@ -25,6 +24,7 @@ from broker.relay import (
     upstream_url,
 )
 from broker.sessions import AuthFailure
+from broker.transport import UpstreamResponse
 from broker.upstream import upstream_call
 
 log = get_logger("broker.handlers")
@@ -169,15 +169,13 @@ async def _send(
     url: URL,
     body: bytes | None,
     bearer: str,
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse:
     headers = upstream_request_headers(
         request.headers, bearer=bearer, request_id=exchange.request_id
     )
     started = time.perf_counter()
     async with upstream_call(gateway.metrics, "proxy") as record:
-        response = await gateway.connected.http.request(
-            request.method, url, headers=headers, data=body, allow_redirects=False
-        )
+        response = await gateway.connected.transport.send(request.method, url, headers, body)
         record.status = str(response.status)
     exchange.upstream_status = response.status
     exchange.upstream_ms = round((time.perf_counter() - started) * 1000, 3)

@@ -17,6 +17,7 @@ from broker.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from broker.transport import STREAM_CHUNK, UpstreamProtocolError, UpstreamResponse
 from broker.upstream import USER_AGENT
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy Proxy-Connection.
@@ -52,7 +53,6 @@ _DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
     "access-control-expose-headers",
     "access-control-max-age",
 }
-STREAM_CHUNK = 64 * 1024
 SMALL_BODY = 64 * 1024
 
 
@@ -124,7 +124,7 @@ def upstream_url(base: URL, raw_path: str, raw_query: str) -> URL:
 
 
 async def relay_response(
-    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+    request: web.Request, upstream: UpstreamResponse, headers: CIMultiDict[str]
 ) -> web.StreamResponse:
     """Send the upstream's answer: small bodies in one write, large ones streamed."""
     length = upstream.content_length
@@ -133,25 +133,23 @@ async def relay_response(
     # Read before answering, so a broken small body is still a clean 502/504; and one
     # write of headers and body instead of three costs a third of the syscalls.
     try:
-        body = await upstream.content.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        raise BadGateway("upstream body shorter than its Content-Length") from exc
+        body = await upstream.read_exactly(length)
     except TimeoutError as exc:
         raise GatewayTimeout("upstream body timed out") from exc
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, UpstreamProtocolError) as exc:
         raise BadGateway("upstream body broken") from exc
     del headers[hdrs.CONTENT_LENGTH]  # web.Response sets it from the body
     return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
 
 async def stream_back(
-    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+    request: web.Request, upstream: UpstreamResponse, headers: CIMultiDict[str]
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     await response.prepare(request)
     # A failure from here on propagates: aiohttp drops the connection and the client
     # sees a truncated body, never a well-framed but incomplete one.
-    async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+    async for chunk in upstream.chunks():
         await response.write(chunk)
     await response.write_eof()
     return response

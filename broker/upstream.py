@@ -14,6 +14,7 @@ from broker import __version__
 from broker.errors import BadGateway, GatewayTimeout, ServiceUnavailable
 from broker.metrics import Metrics
 from broker.settings import UpstreamSettings
+from broker.transport import UpstreamProtocolError, UpstreamUnreachable
 
 USER_AGENT = f"token-broker/{__version__}"
 # The SDK retries a 503 four times at once; a short Retry-After spaces those out.
@@ -55,12 +56,12 @@ async def upstream_call(metrics: Metrics, kind: str) -> AsyncIterator[CallRecord
     except TimeoutError as exc:  # ServerTimeoutError, ConnectionTimeoutError, ...
         record.status = "timeout"
         raise GatewayTimeout(f"{kind} call timed out") from exc
-    except aiohttp.ClientConnectorError as exc:
+    except (aiohttp.ClientConnectorError, UpstreamUnreachable) as exc:
         record.status = "unreachable"
         raise ServiceUnavailable(
             f"{kind} upstream unreachable", retry_after=UNAVAILABLE_RETRY_AFTER
         ) from exc
-    except (aiohttp.ClientError, ValueError) as exc:  # ValueError: undecodable JSON
+    except (aiohttp.ClientError, UpstreamProtocolError, ValueError) as exc:  # ValueError: JSON
         record.status = "invalid"
         raise BadGateway(f"{kind} upstream sent an invalid answer") from exc
     finally:
