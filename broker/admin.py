@@ -13,25 +13,11 @@ from aiohttp import web
 from broker.credentials import fingerprint, valid_id
 from broker.errors import BadRequest
 from broker.handlers import NO_STORE, bearer_token
-from broker.keys import gateway_key
+from broker.keys import admin_key_key, gateway_key
 from broker.logs import get_logger
-from broker.middlewares import error_responses, request_context
-from broker.sessions import ApiKeys, AuthFailure
+from broker.sessions import AuthFailure
 
 log = get_logger("broker.admin")
-admin_key_key = web.AppKey("admin_key", ApiKeys)
-
-
-def create_admin_app(main: web.Application) -> web.Application:
-    """A separate application sharing *main*'s gateway (tokens, revocations)."""
-    gateway = main[gateway_key]
-    app = web.Application(middlewares=[request_context, error_responses])
-    app[gateway_key] = gateway
-    app[admin_key_key] = ApiKeys((gateway.settings.admin.api_key,))
-    path = "/admin/v1/customers/{customer_id}/tokens"
-    app.router.add_get(path, customer_tokens)
-    app.router.add_delete(path, revoke_customer)
-    return app
 
 
 def _authorise(request: web.Request, action: str) -> str:

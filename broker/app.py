@@ -9,10 +9,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from broker import handlers
+from broker import admin, handlers
 from broker.access_log import AccessLogger
 from broker.gateway import Gateway
-from broker.keys import gateway_key, registry_key
+from broker.keys import admin_key_key, gateway_key, registry_key
 from broker.metrics import Metrics
 from broker.middlewares import (
     error_responses,
@@ -20,6 +20,7 @@ from broker.middlewares import (
     guard_requests,
     request_context,
 )
+from broker.sessions import ApiKeys
 from broker.settings import Settings
 
 SESSION_INIT_PATHS = ("/v1/checkout-auth/init", "/checkout-auth/init")
@@ -52,7 +53,9 @@ def create_app(
     for path in SESSION_INIT_PATHS:
         router.add_post(path, handlers.issue_session)
     for prefix in settings.upstream.proxy_prefixes:
-        router.add_route("*", prefix + "{tail:.*}", handlers.proxy)
+        # [\s\S]: aiohttp matches the *decoded* path, and "." would let an encoded
+        # newline fall through to a 404 instead of the path checks' 400.
+        router.add_route("*", prefix + "{tail:[\\s\\S]*}", handlers.proxy)
     return app
 
 
@@ -66,6 +69,18 @@ def runner_options(settings: Settings) -> dict[str, Any]:
         "keepalive_timeout": settings.limits.header_timeout,
         "shutdown_timeout": settings.server.shutdown_timeout,
     }
+
+
+def create_admin_app(main: web.Application) -> web.Application:
+    """A separate application sharing *main*'s gateway (tokens, revocations)."""
+    gateway = main[gateway_key]
+    app = web.Application(middlewares=[request_context, error_responses])
+    app[gateway_key] = gateway
+    app[admin_key_key] = ApiKeys((gateway.settings.admin.api_key,))
+    path = "/admin/v1/customers/{customer_id}/tokens"
+    app.router.add_get(path, admin.customer_tokens)
+    app.router.add_delete(path, admin.revoke_customer)
+    return app
 
 
 def create_metrics_app(registry: CollectorRegistry) -> web.Application:

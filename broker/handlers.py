@@ -103,10 +103,9 @@ async def issue_session(request: web.Request) -> web.Response:
 
 async def _read_ids(request: web.Request) -> tuple[str | None, str]:
     """(customer_id or None when absent, invoice_id) from the JSON body, validated."""
-    if request.content_length is not None and request.content_length > MAX_INIT_BODY:
-        raise BadRequest("The request body is too large.")
     limits = request.app[gateway_key].settings.limits
-    raw = await read_body(request, MAX_INIT_BODY, limits.body_timeout) or b""
+    limit = min(limits.max_body_bytes, MAX_INIT_BODY)
+    raw = await read_body(request, limit, limits.body_timeout) or b""
     try:
         body = json.loads(raw)
     except ValueError:

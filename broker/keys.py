@@ -7,7 +7,9 @@ from prometheus_client import CollectorRegistry
 
 from broker.exchange import Exchange
 from broker.gateway import Gateway
+from broker.sessions import ApiKeys
 
 gateway_key = web.AppKey("gateway", Gateway)
 registry_key = web.AppKey("registry", CollectorRegistry)
+admin_key_key = web.AppKey("admin_key", ApiKeys)
 exchange_key = web.RequestKey("exchange", Exchange)

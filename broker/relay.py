@@ -46,13 +46,9 @@ _DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
     "server",
     "cache-control",
     "www-authenticate",
-    "access-control-allow-origin",
-    "access-control-allow-credentials",
-    "access-control-allow-headers",
-    "access-control-allow-methods",
-    "access-control-expose-headers",
-    "access-control-max-age",
 }
+# CORS is the broker's to answer: every upstream Access-Control-* field is dropped.
+_DROPPED_RESPONSE_PREFIX = "access-control-"
 SMALL_BODY = 64 * 1024
 
 
@@ -90,7 +86,11 @@ def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         lowered = name.lower()
-        if lowered not in _DROPPED_RESPONSE_HEADERS and lowered not in named:
+        if (
+            lowered not in _DROPPED_RESPONSE_HEADERS
+            and lowered not in named
+            and not lowered.startswith(_DROPPED_RESPONSE_PREFIX)
+        ):
             headers.add(name, value)
     headers[hdrs.CACHE_CONTROL] = "no-store"
     return headers

@@ -14,8 +14,7 @@ from aiohttp import web
 
 from broker import __version__
 from broker.access_log import AccessLogger
-from broker.admin import create_admin_app
-from broker.app import create_app, create_metrics_app, runner_options
+from broker.app import create_admin_app, create_app, create_metrics_app, runner_options
 from broker.keys import gateway_key
 from broker.logs import configure_logging, get_logger
 from broker.settings import Settings
