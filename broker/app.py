@@ -67,6 +67,9 @@ def runner_options(settings: Settings) -> dict[str, Any]:
         # aiohttp arms this timer at connect and after each response, and data does
         # not reset it: a client must finish its next request's headers in time.
         "keepalive_timeout": settings.limits.header_timeout,
+        # After an early refusal (413/415) aiohttp drains the rest of the body for this
+        # long, inflating compressed ones; keep that cost bounded.
+        "lingering_time": 1.0,
         "shutdown_timeout": settings.server.shutdown_timeout,
     }
 
