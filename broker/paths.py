@@ -40,7 +40,7 @@ def check_proxy_target(raw_target: str, prefixes: tuple[str, ...]) -> tuple[str,
     if len(raw_target) > MAX_TARGET_LENGTH:
         raise BadRequest("The request path is too long.")
     path, query = split_target(raw_target)
-    if not any(path.startswith(prefix) for prefix in prefixes):
+    if not path.startswith(prefixes):  # str.startswith takes the whole tuple at once
         raise NotFound("path outside the proxied prefixes")
     segments = path[1:].split("/")
     for segment in segments:
