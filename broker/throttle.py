@@ -7,8 +7,6 @@ import math
 import time
 from collections.abc import Callable
 
-from cachetools import LRUCache
-
 from broker.errors import TooManyRequests
 from broker.settings import IpNetwork
 
@@ -18,29 +16,34 @@ MAX_TRACKED_KEYS = 100_000
 
 
 class TokenBuckets:
+    """Token buckets as GCRA: one float per key (when its bucket is next full).
+
+    A bucket of ``burst`` tokens refilled at ``rate`` per second is the same as a
+    "theoretical arrival time" that each request pushes ``1/rate`` ahead, refused when
+    it runs more than ``burst/rate`` ahead of now. One float instead of two per key.
+    """
+
     def __init__(
         self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self._rate = rate
-        self._burst = float(burst)
+        self._interval = 1.0 / rate
+        self._tolerance = burst * self._interval
         self._clock = clock
-        # key -> [tokens, last refill time]
-        self._buckets: LRUCache[str, list[float]] = LRUCache(maxsize=MAX_TRACKED_KEYS)
+        self._arrival: dict[str, float] = {}  # in order of last use: oldest first
 
     def take(self, key: str) -> None:
         """Spend one token for *key*, or raise TooManyRequests with a Retry-After."""
         now = self._clock()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            self._buckets[key] = [self._burst - 1.0, now]
-            return
-        tokens = min(self._burst, bucket[0] + (now - bucket[1]) * self._rate)
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
-            wait = (1.0 - tokens) / self._rate
-            raise TooManyRequests(f"rate limit for {key[:2]}…", retry_after=max(1, math.ceil(wait)))
-        bucket[0] = tokens - 1.0
+        arrival = max(self._arrival.pop(key, now), now) + self._interval
+        excess = arrival - now - self._tolerance
+        if excess > 0:
+            self._arrival[key] = arrival - self._interval  # a refusal spends nothing
+            raise TooManyRequests(
+                "client rate limit reached", retry_after=max(1, math.ceil(excess))
+            )
+        self._arrival[key] = arrival
+        if len(self._arrival) > MAX_TRACKED_KEYS:
+            del self._arrival[next(iter(self._arrival))]
 
 
 def client_ip(peer: str | None, forwarded_for: list[str], trusted: tuple[IpNetwork, ...]) -> str:
