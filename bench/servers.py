@@ -1,0 +1,259 @@
+"""Starting the servers a benchmark needs: sandbox, nginx (upstream and reference),
+delay server, bare aiohttp proxy and the broker, each on its own loopback port."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from procs import BenchError, Proc, Procs, free_port, http_get, wait_until_ok
+
+BENCH_DIR = Path(__file__).resolve().parent
+NGINX_DIR = BENCH_DIR / "nginx"
+PAYLOADS = BENCH_DIR / "payloads"
+API_KEY = "bench-api-key-0123456789"
+FIXED_BEARER = "bench-fixed-upstream-token"
+CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
+# The broker's own rate limits must not throttle the load generator (these are the
+# largest values its configuration accepts).
+HIGH_RATE, HIGH_BURST = 100_000.0, 1_000_000
+_PLACEHOLDER = re.compile(r"@[A-Z_]+@")
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: Proc
+    code: str = ""  # for a broker: the code it was started from (see broker_code)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    workers: int = 1
+    log_level: str = "warning"
+    max_entries: int = 100_000
+    max_connections: int | None = None  # None: the product default (upstream.max_connections)
+
+
+class Launcher:
+    def __init__(self, procs: Procs, workdir: Path) -> None:
+        self.procs = procs
+        self.workdir = workdir
+        self.python = sys.executable
+        self.nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self._signing_key: Path | None = None
+
+    def _start(self, name: str, argv: list[str]) -> Proc:
+        return self.procs.start(name, argv)
+
+    def sandbox(self, name: str, token_ttl: float) -> Server:
+        port = free_port()
+        argv = [self.python, "-m", "broker", "sandbox", "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--token-ttl", str(token_ttl)]
+        proc = self._start(name, argv)
+        wait_until_ok(proc, port, "/_sandbox/stats")
+        return Server(name, port, proc)
+
+    def delay_server(self, name: str, delay_ms: float, workers: int) -> Server:
+        port = free_port()
+        script = str(BENCH_DIR / "delay_server.py")
+        argv = [self.python, script, "--port", str(port), "--delay-ms", str(delay_ms)]
+        proc = self._start(name, [*argv, "--workers", str(workers)])
+        wait_until_ok(proc, port, "/checkout/invoice")
+        return Server(name, port, proc)
+
+    def upstream(self, name: str, sandbox: Server, delay: Server | None = None) -> Server:
+        """nginx in front: fixed JSON (or the delay server) for checkout, sandbox for mints."""
+        subs = {
+            "SANDBOX_PORT": str(sandbox.port),
+            "INVOICE_JSON": _payload("invoice.json"),
+            "PAYMENT_METHODS_JSON": _payload("payment_methods.json"),
+        }
+        template = "upstream_fast.conf"
+        if delay is not None:
+            template, subs["DELAY_PORT"] = "upstream_slow.conf", str(delay.port)
+        return self._nginx(name, template, subs, "/checkout/invoice")
+
+    def reference(self, name: str, upstream: Server) -> Server:
+        subs = {"UPSTREAM_PORT": str(upstream.port), "FIXED_BEARER": FIXED_BEARER}
+        return self._nginx(name, "reference.conf", subs, "/checkout/invoice")
+
+    def _nginx(self, name: str, template: str, subs: dict[str, str], probe: str) -> Server:
+        port = free_port()
+        prefix = self.workdir / "nginx"
+        prefix.mkdir(exist_ok=True)
+        text = (NGINX_DIR / template).read_text()
+        for key, value in {**subs, "PORT": str(port), "PREFIX": str(prefix), "NAME": name}.items():
+            text = text.replace(f"@{key}@", value)
+        if left := _PLACEHOLDER.findall(text):
+            raise BenchError(f"{template}: placeholders left unfilled: {left}")
+        conf = prefix / f"{name}.conf"
+        conf.write_text(text)
+        argv = [self.nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / f"{name}.err")]
+        proc = self._start(name, argv)
+        wait_until_ok(proc, port, probe)
+        return Server(name, port, proc)
+
+    def bare_proxy(self, name: str, upstream: Server) -> Server:
+        port = free_port()
+        script = str(BENCH_DIR / "bare_proxy.py")
+        proc = self._start(
+            name, [self.python, script, "--port", str(port), "--upstream", upstream.base_url]
+        )
+        wait_until_ok(proc, port, "/checkout/invoice")
+        return Server(name, port, proc)
+
+    def broker(self, name: str, upstream: Server, options: BrokerOptions) -> Server:
+        port = free_port()
+        config = self.workdir / f"{name}.toml"
+        config.write_text(self._broker_toml(port, upstream, options))
+        argv = [self.python, "-m", "broker", "serve", "--config", str(config)]
+        code = broker_code()
+        proc = self._start(name, argv)
+        # With several workers each answers some probes: ask until several in a row pass.
+        for _ in range(4 * options.workers):
+            wait_until_ok(proc, port, "/readyz", timeout=60.0)
+        return Server(name, port, proc, code)
+
+    def signing_key(self) -> Path:
+        if self._signing_key is None:
+            path = self.workdir / "signing.pem"
+            proc = self._start("keygen", [self.python, "-m", "broker", "keygen"])
+            if proc.popen.wait(30) != 0:
+                raise BenchError(f"token-broker keygen failed:\n{proc.log_tail()}")
+            path.write_text(proc.log_path.read_text())
+            path.chmod(0o600)
+            self._signing_key = path
+        return self._signing_key
+
+    def _broker_toml(self, port: int, upstream: Server, options: BrokerOptions) -> str:
+        pool = (
+            ""
+            if options.max_connections is None
+            else f"max_connections = {options.max_connections}\n"
+        )
+        return f"""\
+[server]
+host = "127.0.0.1"
+port = {port}
+workers = {options.workers}
+shutdown_timeout = 2.0
+
+[upstream]
+base_url = "{upstream.base_url}"
+allow_insecure_http = true
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+rate_limit_per_second = 10000
+{pool}
+[sessions]
+api_keys = ["{API_KEY}"]
+signing_key_file = "{self.signing_key()}"
+ttl = 86400
+
+[tokens]
+max_entries = {options.max_entries}
+
+[limits]
+ip_requests_per_second = {HIGH_RATE}
+ip_burst = {HIGH_BURST}
+session_requests_per_second = {HIGH_RATE}
+session_burst = {HIGH_BURST}
+init_requests_per_second = {HIGH_RATE}
+init_burst = {HIGH_BURST}
+
+[logging]
+format = "json"
+level = "{options.log_level}"
+"""
+
+
+def broker_code() -> str:
+    """The commit of broker/, plus a fingerprint of any uncommitted change to it.
+
+    Others may edit broker/ while a run goes on; each broker records what it ran.
+    """
+    repo = BENCH_DIR.parent
+
+    def git(*args: str) -> bytes:
+        argv = ["git", "-C", str(repo), *args]
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return b""
+        return done.stdout if done.returncode == 0 else b""
+
+    head = git("rev-parse", "--short", "HEAD").decode().strip() or "unknown"
+    changes = hashlib.sha256(git("diff", "HEAD", "--", "broker"))
+    untracked = git("ls-files", "--others", "--exclude-standard", "--", "broker").split()
+    for path in sorted(untracked):
+        changes.update(path + b"\0" + (repo / path.decode()).read_bytes())
+    if not untracked and changes.digest() == hashlib.sha256(b"").digest():
+        return head
+    return f"{head}+local:{changes.hexdigest()[:8]}"
+
+
+def _payload(name: str) -> str:
+    text = (PAYLOADS / name).read_text().strip()
+    json.loads(text)
+    if "'" in text or "$" in text:
+        raise BenchError(f"{name}: must not contain ' or $ (nginx string)")
+    return text
+
+
+def issue_sessions(broker: Server, count: int, path: Path, prefix: str = "bench") -> Path:
+    """``POST /v1/checkout-auth/init`` for *count* distinct keys; one token per line."""
+    conn = http.client.HTTPConnection("127.0.0.1", broker.port, timeout=10)
+    tokens = []
+    try:
+        for index in range(count):
+            body = json.dumps(
+                {
+                    "customer_id": f"cus_{prefix}_{index:06d}",
+                    "invoice_id": f"inv_{prefix}_{index:06d}",
+                }
+            )
+            headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+            conn.request("POST", "/v1/checkout-auth/init", body=body, headers=headers)
+            response = conn.getresponse()
+            payload = response.read()
+            if response.status != 200:
+                raise BenchError(f"init answered {response.status}: {payload[:200]!r}")
+            tokens.append(json.loads(payload)["token"])
+    finally:
+        conn.close()
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
+def sandbox_stats(sandbox: Server) -> dict[str, object]:
+    status, body = http_get(sandbox.port, "/_sandbox/stats", timeout=30.0)
+    if status != 200:
+        raise BenchError(f"sandbox stats answered {status}")
+    stats: dict[str, object] = json.loads(body)
+    return stats
+
+
+def broker_metrics(broker: Server) -> dict[str, float]:
+    """The broker's ``/metrics`` as {"name{labels}": value} (one worker's view)."""
+    status, body = http_get(broker.port, "/metrics", timeout=10.0)
+    if status != 200:
+        raise BenchError(f"/metrics answered {status}")
+    values: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
