@@ -20,5 +20,5 @@ if [ ! -x .venv/bin/pytest ] || [ pyproject.toml -nt .venv/.installed ]; then
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy broker tests
+.venv/bin/mypy broker tests bench
 .venv/bin/pytest "$@"
