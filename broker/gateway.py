@@ -12,6 +12,7 @@ from broker.checkout_tokens import CheckoutTokens
 from broker.cors import CorsPolicy
 from broker.errors import BrokerError
 from broker.identity import IdentityVerifier
+from broker.lean_transport import LeanTransport
 from broker.logs import get_logger
 from broker.metrics import Metrics
 from broker.ownership import Ownership
@@ -114,13 +115,16 @@ class Gateway:
             ttl=self.settings.jwt_auth.ownership_cache_ttl,
             max_wait=settings.rate_limit_max_wait,
         )
+        transport: UpstreamTransport = (
+            LeanTransport(settings) if settings.transport == "lean" else AiohttpTransport(http)
+        )
         self._connected = Connected(
             http=http,
             api=api,
             partner=partner,
             tokens=tokens,
             ownership=ownership,
-            transport=AiohttpTransport(http),
+            transport=transport,
             shared=shared,
         )
         # Fetch the partner token now so that readiness tells the truth from the start.

@@ -138,7 +138,7 @@ async def relay_response(
         raise GatewayTimeout("upstream body timed out") from exc
     except (aiohttp.ClientError, UpstreamProtocolError) as exc:
         raise BadGateway("upstream body broken") from exc
-    del headers[hdrs.CONTENT_LENGTH]  # web.Response sets it from the body
+    headers.popall(hdrs.CONTENT_LENGTH, None)  # web.Response sets it from the body
     return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
 

@@ -39,7 +39,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("upstream", "rate_limit_max_wait", "float", 2.0),
     Key("upstream", "connect_timeout", "float", 5.0),
     Key("upstream", "read_timeout", "float", 30.0),
-    Key("upstream", "max_connections", "int", 100),
+    Key("upstream", "max_connections", "int", 256),
+    Key("upstream", "transport", "str", "aiohttp"),
     Key("sessions", "api_keys", "list", [], secret=True),
     Key("sessions", "signing_key", "str", "", secret=True),
     Key("sessions", "verify_key_files", "list", []),
@@ -91,6 +92,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("cache", "lease_ttl", "float", 5.0),
 )
 CACHE_BACKENDS = ("memory", "redis")
+TRANSPORTS = ("aiohttp", "lean")
 
 
 class ConfigError(Exception):
@@ -123,7 +125,9 @@ class UpstreamSettings:
     rate_limit_max_wait: float = 2.0
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
-    max_connections: int = 100
+    max_connections: int = 256
+    # The proxy path's HTTP client: "aiohttp", or "lean" (httptools, see lean_transport).
+    transport: str = "aiohttp"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -300,6 +304,7 @@ def _build(get: Get, problems: list[str]) -> Settings:
         max_connections=check.in_range(
             "upstream.max_connections", get("upstream.max_connections"), 1, 100_000
         ),
+        transport=check.choice("upstream.transport", get("upstream.transport"), TRANSPORTS),
     )
     sessions = SessionSettings(
         signing_key=check.signing_key(get("sessions.signing_key")),

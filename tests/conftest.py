@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any, cast
 
 import aiohttp
@@ -42,9 +43,19 @@ async def sandbox(make_sandbox: MakeSandbox) -> Sandbox:
     return await make_sandbox()
 
 
+@pytest.fixture(params=["aiohttp", "lean"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """``upstream.transport``: every test that starts a broker runs against both."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-def make_broker(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) -> MakeBroker:
+def make_broker(
+    aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, transport: str
+) -> MakeBroker:
     async def make(settings: Settings, registry: CollectorRegistry | None = None) -> BrokerClient:
+        settings = replace(settings, upstream=replace(settings.upstream, transport=transport))
         app = create_app(settings, registry=registry or CollectorRegistry())
         # The production runner's access logger: request_finished lines in tests too.
         options = runner_options(settings)
@@ -56,8 +67,8 @@ def make_broker(aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient) ->
 
 
 @pytest.fixture
-async def broker(make_broker: MakeBroker, sandbox: Sandbox) -> BrokerClient:
-    return await make_broker(make_settings(sandbox.url))
+async def broker(make_broker: MakeBroker, sandbox: Sandbox, transport: str) -> BrokerClient:
+    return await make_broker(make_settings(sandbox.url, transport=transport))
 
 
 async def new_session(

@@ -1,0 +1,235 @@
+"""A lean HTTP/1.1 keep-alive pool to the one upstream (``upstream.transport = "lean"``).
+
+aiohttp's client spends ~140 µs of CPU per proxied request; most of it is generality
+the proxy path never uses (redirects, cookies, auth, tracing, per-request timeouts).
+This pool speaks only what the proxy needs: one origin, requests with a known body,
+responses parsed by llhttp (httptools), keep-alive reuse, and the transport seam's
+errors (see ``broker.transport``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections.abc import AsyncIterator, Mapping
+
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from broker.lean_connection import ClosedBeforeAnswer, UpstreamConnection
+from broker.settings import UpstreamSettings
+from broker.transport import UpstreamResponse, UpstreamUnreachable
+
+# Kept-alive connections unused this long are closed (aiohttp's keepalive_timeout is 30 s
+# in open_session too); most servers drop theirs after 60 s or more.
+IDLE_TIMEOUT = 30.0
+# RFC 9110 §9.2.2: safe to send again when a reused connection died before answering.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+# Framing is the transport's business; a caller's value would desynchronise the stream.
+_OWN_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_VALUE = re.compile(r"[\r\n\x00]")  # would end the field early: request smuggling
+_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
+
+
+class LeanResponse:
+    """The head of an upstream answer, and its body read straight from the connection."""
+
+    __slots__ = ("_conn", "_transport", "content_length", "headers", "reason", "status")
+
+    def __init__(self, transport: LeanTransport, conn: UpstreamConnection) -> None:
+        self._transport = transport
+        self._conn: UpstreamConnection | None = conn
+        self.status = conn.status
+        self.reason = conn.reason
+        self.headers: CIMultiDictProxy[str] = conn.headers
+        self.content_length = conn.content_length
+
+    async def read_exactly(self, size: int) -> bytes:
+        return await self._live().read_exactly(size)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        conn = self._live()
+        while chunk := await conn.next_chunk():
+            yield chunk
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._transport.give_back(conn)
+
+    def _live(self) -> UpstreamConnection:
+        # A released connection may already carry someone else's response.
+        if self._conn is None:
+            raise RuntimeError("the upstream response was released")
+        return self._conn
+
+
+class LeanTransport:
+    """Up to ``max_connections`` keep-alive connections to ``base_url``'s origin."""
+
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        base = settings.base_url
+        if base.raw_host is None or base.port is None:
+            raise ValueError(f"upstream.base_url has no host or port: {base}")
+        self._host, self._port = base.raw_host, base.port
+        self._host_field = base.host_port_subcomponent
+        self._tls = base.scheme == "https"
+        self._ssl = (ssl_context or ssl.create_default_context()) if self._tls else None
+        self._connect_timeout = settings.connect_timeout
+        self._read_timeout = settings.read_timeout
+        self._idle_timeout = idle_timeout
+        # Counts requests in flight, so connections (busy + idle) never exceed the bound:
+        # a new one is opened only when no idle one is left.
+        self._slots = asyncio.Semaphore(settings.max_connections)
+        self._idle: list[UpstreamConnection] = []  # LIFO: surplus connections age out
+        self._open: set[UpstreamConnection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    async def send(
+        self, method: str, url: URL, headers: Mapping[str, str], body: bytes | None
+    ) -> UpstreamResponse:
+        if self._closed:
+            raise UpstreamUnreachable("the upstream transport is closed")
+        request = self._serialize(method, url, headers, body)
+        await self._acquire_slot()
+        try:
+            conn = await self._exchange(method, request)
+        except BaseException:
+            self._slots.release()
+            raise
+        return LeanResponse(self, conn)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._idle.clear()
+        for conn in self._open:
+            conn.abort()
+        self._open.clear()
+        await asyncio.sleep(0)  # let connection_lost run, so sockets close before the loop
+
+    def give_back(self, conn: UpstreamConnection) -> None:
+        """Pool *conn* if its exchange ended cleanly, else close it; free its slot."""
+        if conn.reusable and not self._closed:
+            conn.finish()
+            self._idle.append(conn)
+            if self._sweeper is None:
+                self._arm_sweeper()
+        else:
+            self._discard(conn)
+        self._slots.release()
+
+    def _serialize(
+        self, method: str, url: URL, headers: Mapping[str, str], body: bytes | None
+    ) -> bytes:
+        if url.raw_host != self._host or url.port != self._port:
+            raise ValueError(f"the lean transport only reaches {self._host_field}")
+        target = url.raw_path_qs  # byte for byte as the caller sent it
+        if not _TOKEN.fullmatch(method) or _UNSAFE_TARGET.search(target):
+            raise ValueError("request line with unsafe characters")
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self._host_field}\r\n"]
+        for name, value in headers.items():
+            if name.lower() in _OWN_FIELDS:
+                continue
+            if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value):
+                raise ValueError(f"header {name!r} with unsafe characters")
+            lines.append(f"{name}: {value}\r\n")
+        if body is not None:  # also 0 for an empty POST: never chunked on our side
+            lines.append(f"Content-Length: {len(body)}\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("utf-8", "surrogateescape")
+        return head + body if body else head
+
+    async def _acquire_slot(self) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()  # returns at once; no timer on the hot path
+            return
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise TimeoutError("no free upstream connection within connect_timeout") from None
+
+    async def _exchange(self, method: str, request: bytes) -> UpstreamConnection:
+        head_only = method == "HEAD"
+        conn = self._pop_idle()
+        if conn is not None:
+            try:
+                await conn.exchange(request, head_only=head_only)
+                return conn
+            except ClosedBeforeAnswer:
+                # The upstream dropped the kept-alive connection as we reused it. Only an
+                # idempotent request may go again: a POST may have been acted on.
+                self._discard(conn)
+                if method not in IDEMPOTENT_METHODS:
+                    raise
+            except BaseException:
+                self._discard(conn)
+                raise
+        conn = await self._connect()
+        try:
+            await conn.exchange(request, head_only=head_only)
+        except BaseException:
+            self._discard(conn)
+            raise
+        return conn
+
+    def _pop_idle(self) -> UpstreamConnection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.usable:
+                return conn
+            self._discard(conn)  # closed by the upstream while idle: never written to
+        return None
+
+    async def _connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        conn = UpstreamConnection(loop, self._read_timeout)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await loop.create_connection(
+                    lambda: conn,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._tls else None,
+                )
+        except OSError as exc:  # refused, unreachable, DNS, TLS verification
+            raise UpstreamUnreachable(f"cannot connect to the upstream: {exc}") from exc
+        self._open.add(conn)
+        return conn
+
+    def _discard(self, conn: UpstreamConnection) -> None:
+        self._open.discard(conn)
+        if conn.usable:
+            conn.close()  # e.g. "Connection: close" or an unread body: a clean FIN
+        else:
+            conn.abort()
+
+    def _arm_sweeper(self) -> None:
+        oldest = self._idle[0].idle_since
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_at(oldest + self._idle_timeout, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        cutoff = asyncio.get_running_loop().time() - self._idle_timeout
+        idle = self._idle
+        expired = 0
+        while expired < len(idle) and idle[expired].idle_since <= cutoff:
+            self._discard(idle[expired])
+            expired += 1
+        del idle[:expired]
+        if idle:
+            self._arm_sweeper()
