@@ -798,24 +798,12 @@ async def test_an_untrusted_https_upstream_is_unreachable(
 # -- end to end through the broker (both transports) --------------------------------------
 
 
-async def delegate(sandbox: Sandbox, request: web.BaseRequest) -> web.Response:
-    """Token endpoints go to the sandbox, so minting is real."""
-    async with sandbox.http.request(
-        request.method,
-        sandbox.url.with_path(request.path),
-        headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-        data=await request.read(),
-    ) as upstream:
-        body = await upstream.read()
-        return web.Response(status=upstream.status, body=body, content_type="application/json")
-
-
 async def test_hop_by_hop_fields_from_the_upstream_never_reach_the_browser(
     make_broker: MakeBroker, sandbox: Sandbox, aiohttp_raw_server: AiohttpRawServer
 ) -> None:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         if not request.path.startswith("/checkout/"):
-            return await delegate(sandbox, request)
+            return await sandbox.delegate(request)
         response = web.StreamResponse(
             headers={
                 "Connection": "keep-alive, X-Hop",
@@ -855,7 +843,7 @@ async def test_empty_answers_pass_through_the_broker(
 ) -> None:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         if not request.path.startswith("/checkout/"):
-            return await delegate(sandbox, request)
+            return await sandbox.delegate(request)
         return web.Response(status=status)
 
     raw = await aiohttp_raw_server(handler)

@@ -201,19 +201,6 @@ async def test_slow_upstream_is_504(make_broker: MakeBroker, sandbox: Sandbox) -
     assert (await response.json())["code"] == "upstream_timeout"
 
 
-async def delegate_to_sandbox(sandbox: Sandbox, request: web.BaseRequest) -> web.Response:
-    """Token endpoints of a hand-made upstream go to the sandbox, so minting is real."""
-    async with sandbox.http.request(
-        request.method,
-        sandbox.url.with_path(request.path),
-        headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-        data=await request.read(),
-    ) as upstream:
-        return web.Response(
-            status=upstream.status, body=await upstream.read(), content_type="application/json"
-        )
-
-
 def is_token_endpoint(request: web.BaseRequest) -> bool:
     return request.path == "/oauth/token" or "checkout-auth" in request.path
 
@@ -223,7 +210,7 @@ async def test_an_empty_204_from_upstream_is_relayed(
 ) -> None:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         if is_token_endpoint(request):
-            return await delegate_to_sandbox(sandbox, request)
+            return await sandbox.delegate(request)
         return web.Response(status=204)
 
     raw = await aiohttp_raw_server(handler)
@@ -241,7 +228,7 @@ async def test_upstream_dying_mid_body_truncates_the_response(
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         if is_token_endpoint(request):
-            return await delegate_to_sandbox(sandbox, request)
+            return await sandbox.delegate(request)
         response = web.StreamResponse(headers={"Content-Length": "100000"})
         await response.prepare(request)
         await response.write(b"x" * 1000)
