@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -88,7 +87,3 @@ def retry_after_seconds(value: str | None, default: float = 1.0) -> float:
     except ValueError:
         return default
     return min(max(seconds, 0.0), 3600.0)
-
-
-def is_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, asyncio.TimeoutError)
