@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any, cast
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from broker.app import create_app, runner_options
+from broker.logs import configure_logging
 from broker.sandbox import SandboxSettings, create_sandbox_app
 from broker.settings import Settings
 from tests.helpers import API_KEY, Sandbox, auth, make_settings
@@ -83,3 +88,27 @@ async def new_session(
     body = await response.json()
     token: str = body["token"]
     return token
+
+
+class LogCapture:
+    def __init__(self, stream: io.StringIO) -> None:
+        self.stream = stream
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.text.splitlines() if line.strip()]
+        return [line for line in lines if name is None or line.get("event") == name]
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    stream = io.StringIO()
+    configure_logging(fmt="json", level="debug", stream=stream, cache=False)
+    yield LogCapture(stream)
+    root.handlers[:], root.level = saved
+    structlog.reset_defaults()

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import json
-import logging
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
-import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker import __version__
-from broker.logs import configure_logging
-from tests.conftest import BrokerClient, MakeBroker, MakeSandbox, new_session
+from tests.conftest import BrokerClient, LogCapture, MakeBroker, MakeSandbox, new_session
 from tests.helpers import API_KEY, Sandbox, auth, make_settings
 
 DESIGN_METRICS = {
@@ -34,30 +28,6 @@ DESIGN_METRICS = {
     "broker_inflight_requests": "gauge",
     "broker_build_info": "gauge",
 }
-
-
-class LogCapture:
-    def __init__(self, stream: io.StringIO) -> None:
-        self.stream = stream
-
-    @property
-    def text(self) -> str:
-        return self.stream.getvalue()
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in self.text.splitlines() if line.strip()]
-        return [line for line in lines if name is None or line.get("event") == name]
-
-
-@pytest.fixture
-def logs() -> Iterator[LogCapture]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    stream = io.StringIO()
-    configure_logging(fmt="json", level="debug", stream=stream, cache=False)
-    yield LogCapture(stream)
-    root.handlers[:], root.level = saved
-    structlog.reset_defaults()
 
 
 async def scrape(client: BrokerClient) -> dict[str, Any]:

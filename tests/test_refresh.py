@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import MakeBroker, MakeSandbox, new_session
+from tests.conftest import LogCapture, MakeBroker, MakeSandbox, new_session
 from tests.helpers import auth, make_settings
 
 
@@ -60,3 +60,30 @@ async def test_idle_key_is_not_renewed(make_sandbox: MakeSandbox, make_broker: M
     assert (await client.get("/checkout/invoice", headers=auth(session))).status == 200
     await asyncio.sleep(2.5)
     assert (await sandbox.stats())["tokens_issued"] == 1
+
+
+async def test_a_failing_renewal_is_not_retried_on_every_request(
+    make_sandbox: MakeSandbox, make_broker: MakeBroker, logs: LogCapture
+) -> None:
+    """While renewals fail (here: the partner credentials are refused), steady traffic
+    must not start one renewal per request: they are retried about once a second, and
+    the current token keeps serving until it may no longer be forwarded."""
+    sandbox = await make_sandbox(token_ttl=5.0)
+    client = await make_broker(make_settings(sandbox.url))
+    session = await new_session(client)
+    assert (await client.get("/checkout/invoice", headers=auth(session))).status == 200
+    await sandbox.faults(reject_credentials=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    statuses: list[int] = []
+    while loop.time() < deadline:
+        response = await client.get("/checkout/invoice", headers=auth(session))
+        await response.read()
+        statuses.append(response.status)
+        await asyncio.sleep(0.02)
+    assert len(statuses) > 100
+    assert statuses[0] == 200
+    assert set(statuses) <= {200, 503}
+    failures = logs.events("checkout_token_renewal_failed")
+    # About one per second of the renewal window (the window is under 2 s of a 5 s token).
+    assert 1 <= len(failures) <= 4, len(failures)
