@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,3 +112,21 @@ class Sandbox:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def session_claims(**overrides: Any) -> dict[str, Any]:
+    """Claims of a broker session token for cus_alice/inv_alice_1; None drops a claim."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": "token-broker",
+        "aud": "alternative-checkout",
+        "sub": "cus_alice",
+        "customer_id": "cus_alice",
+        "invoice_id": "inv_alice_1",
+        "client_id": "sandbox-client",
+        "iat": now,
+        "exp": now + 600,
+        "jti": "forged-jti",
+    }
+    claims.update(overrides)
+    return {name: value for name, value in claims.items() if value is not None}

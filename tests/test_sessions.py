@@ -17,27 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker.sessions import key_id
 from tests.conftest import BrokerClient, MakeBroker, new_session
 from tests.helpers import API_KEY, Sandbox, auth, make_settings, signing_key
+from tests.helpers import session_claims as claims
 
 
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def claims(**overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    base: dict[str, Any] = {
-        "iss": "token-broker",
-        "aud": "alternative-checkout",
-        "sub": "cus_alice",
-        "customer_id": "cus_alice",
-        "invoice_id": "inv_alice_1",
-        "client_id": "sandbox-client",
-        "iat": now,
-        "exp": now + 600,
-        "jti": "j1",
-    }
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not None}
 
 
 def sign(payload: dict[str, Any], key: ec.EllipticCurvePrivateKey | None = None) -> str:
@@ -140,7 +124,10 @@ def forged_tokens() -> dict[str, str]:
         "alg_NONE_with_kid": unsigned({"alg": "NONE", "kid": kid}, claims()) + ".",
         "hs256_with_public_key": hmac_signed({"alg": "HS256", "kid": kid}, claims(), public_pem),
         "crit_unknown": jwt.encode(
-            claims(), signing_key(), algorithm="ES256", headers={"kid": kid, "crit": ["x"], "x": 1}
+            claims(),
+            signing_key(),
+            algorithm="ES256",
+            headers={"kid": kid, "crit": ["x"], "x": 1},
         ),
         "jku_header": jwt.encode(
             claims(),

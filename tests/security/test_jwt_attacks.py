@@ -25,7 +25,7 @@ from pytest_aiohttp import AiohttpServer
 
 from broker.sessions import key_id
 from tests.conftest import BrokerClient, MakeBroker, new_session
-from tests.helpers import Sandbox, auth, signing_key
+from tests.helpers import Sandbox, auth, session_claims, signing_key
 from tests.security.conftest import (
     HS256_SECRET,
     IDP_AUDIENCE,
@@ -377,23 +377,6 @@ async def test_jwks_idp_accepts_its_key_and_refetches_unknown_kids_at_a_bounded_
 # -- broker session tokens (proxy) ------------------------------------------------------
 
 
-def _session_claims(**overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "iss": "token-broker",
-        "aud": "alternative-checkout",
-        "sub": "cus_alice",
-        "customer_id": "cus_alice",
-        "invoice_id": "inv_alice_1",
-        "client_id": "sandbox-client",
-        "iat": now,
-        "exp": now + 600,
-        "jti": "forged-jti",
-    }
-    claims.update(overrides)
-    return {name: value for name, value in claims.items() if value is not None}
-
-
 def _kid() -> str:
     return key_id(signing_key().public_key())
 
@@ -414,7 +397,7 @@ def _session_attacks() -> dict[str, Callable[[Tripwire, str], str]]:
         return int(time.time())
 
     def c(**overrides: Any) -> dict[str, Any]:
-        return _session_claims(**overrides)
+        return session_claims(**overrides)
 
     return {
         "alg_none": lambda w, s: unsigned({"alg": "none", "kid": _kid()}, c()) + ".",
@@ -489,7 +472,7 @@ def _session_attacks() -> dict[str, Callable[[Tripwire, str], str]]:
 
 def _tampered_session(real: str) -> str:
     head, _payload, signature = real.split(".")
-    claims = _session_claims(customer_id="cus_bob", sub="cus_bob", invoice_id="inv_bob_1")
+    claims = session_claims(customer_id="cus_bob", sub="cus_bob", invoice_id="inv_bob_1")
     return f"{head}.{b64url(json.dumps(claims).encode())}.{signature}"
 
 
