@@ -68,12 +68,7 @@ class PartnerApi:
         self._basic = aiohttp.encode_basic_auth(settings.client_id, settings.client_secret)
 
     async def fetch_oauth_token(self) -> OAuthToken:
-        headers = {
-            hdrs.AUTHORIZATION: self._basic,
-            hdrs.ACCEPT: "application/json",
-            hdrs.USER_AGENT: USER_AGENT,
-        }
-        headers[hdrs.CONTENT_TYPE] = "application/x-www-form-urlencoded"
+        headers = _headers(self._basic, "application/x-www-form-urlencoded")
         form = b"grant_type=client_credentials"
         async with (
             upstream_call(self._metrics, "oauth") as record,
@@ -94,12 +89,7 @@ class PartnerApi:
         return OAuthToken(access_token=token, expires_in=float(expires_in))
 
     async def mint_checkout_token(self, bearer: str, key: TokenKey) -> MintedToken:
-        headers = {
-            hdrs.AUTHORIZATION: f"Bearer {bearer}",
-            hdrs.ACCEPT: "application/json",
-            hdrs.USER_AGENT: USER_AGENT,
-            hdrs.CONTENT_TYPE: "application/json",
-        }
+        headers = _headers(f"Bearer {bearer}", "application/json")
         payload = json.dumps({"customer_id": key.customer_id, "invoice_id": key.invoice_id})
         async with (
             upstream_call(self._metrics, "mint") as record,
@@ -124,11 +114,7 @@ class PartnerApi:
 
     async def get_json(self, bearer: str, path: str, kind: str) -> dict[str, Any] | None:
         """GET a partner resource; None when it does not exist (404)."""
-        headers = {
-            hdrs.AUTHORIZATION: f"Bearer {bearer}",
-            hdrs.ACCEPT: "application/json",
-            hdrs.USER_AGENT: USER_AGENT,
-        }
+        headers = _headers(f"Bearer {bearer}")
         async with (
             upstream_call(self._metrics, kind) as record,
             self._session.get(
@@ -142,6 +128,17 @@ class PartnerApi:
                 return None
             _raise_for_unexpected(response)
             return await _json_object(response)
+
+
+def _headers(authorization: str, content_type: str | None = None) -> dict[str, str]:
+    headers: dict[str, str] = {
+        hdrs.AUTHORIZATION: authorization,
+        hdrs.ACCEPT: "application/json",
+        hdrs.USER_AGENT: USER_AGENT,
+    }
+    if content_type is not None:
+        headers[hdrs.CONTENT_TYPE] = content_type
+    return headers
 
 
 def _join(base: URL, path: str) -> URL:
