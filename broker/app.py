@@ -14,12 +14,7 @@ from broker.access_log import AccessLogger
 from broker.gateway import Gateway
 from broker.keys import admin_key_key, gateway_key, registry_key
 from broker.metrics import Metrics
-from broker.middlewares import (
-    error_responses,
-    finish_headers,
-    guard_requests,
-    request_context,
-)
+from broker.middlewares import front_door
 from broker.sessions import ApiKeys
 from broker.settings import Settings
 
@@ -35,14 +30,13 @@ def create_app(
     registry = registry if registry is not None else CollectorRegistry()
     gateway = Gateway(settings, Metrics.create(registry))
     app = web.Application(
-        middlewares=[request_context, error_responses, guard_requests],
+        middlewares=[front_door(public=True)],
         client_max_size=settings.limits.max_body_bytes,
     )
     app[gateway_key] = gateway
     app[registry_key] = registry
     app.cleanup_ctx.append(_gateway_lifetime)
     app.on_shutdown.append(_stop_being_ready)
-    app.on_response_prepare.append(finish_headers)
 
     router = app.router
     router.add_get("/healthz", handlers.health)
@@ -77,7 +71,7 @@ def runner_options(settings: Settings) -> dict[str, Any]:
 def create_admin_app(main: web.Application) -> web.Application:
     """A separate application sharing *main*'s gateway (tokens, revocations)."""
     gateway = main[gateway_key]
-    app = web.Application(middlewares=[request_context, error_responses])
+    app = web.Application(middlewares=[front_door(public=False)])
     app[gateway_key] = gateway
     app[admin_key_key] = ApiKeys((gateway.settings.admin.api_key,))
     path = "/admin/v1/customers/{customer_id}/tokens"

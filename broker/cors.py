@@ -1,4 +1,5 @@
-"""CORS for the browser SDK: exact origins, preflights answered here, never forwarded."""
+"""CORS for the browser SDK: exact origins, preflights answered here, never forwarded;
+and the headers every answer gets just before it goes out."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ ALLOWED_HEADERS = (
 )
 # The SDK reads Retry-After on a 429; X-Request-Id lets support trace a browser's call.
 EXPOSED_HEADERS = "Retry-After, X-Request-Id, WWW-Authenticate"
+# Instead of aiohttp's default, which advertises library versions.
+SERVER = "token-broker"
 
 
 class CorsPolicy:
@@ -63,3 +66,13 @@ class CorsPolicy:
             assert origin is not None  # noqa: S101 - narrowed by allows()
             headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
             headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSED_HEADERS
+
+
+def finish_headers(
+    request: web.BaseRequest, headers: CIMultiDict[str], cors: CorsPolicy | None
+) -> None:
+    """Just before an answer's headers go out (errors and streams too): our Server
+    header, and on the public listener the CORS headers."""
+    headers[hdrs.SERVER] = SERVER
+    if cors is not None:
+        cors.decorate(request, headers)

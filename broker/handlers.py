@@ -156,7 +156,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             raise BadGateway(f"upstream redirected ({upstream.status})")
         headers = downstream_response_headers(upstream.headers)
         headers[REQUEST_ID_HEADER] = exchange.request_id
-        return await relay_response(request, upstream, headers)
+        return await relay_response(request, upstream, headers, gateway.cors)
     finally:
         upstream.release()
 

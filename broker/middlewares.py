@@ -1,10 +1,10 @@
-"""Middlewares, outermost first: request_context, error_responses, guard_requests.
+"""The one middleware (``front_door``), in the order it works on a request:
 
-``request_context`` is outermost so that every log line carries the request id and
-the metrics count the *mapped* status; ``error_responses`` comes next so that every
-refusal below it (and from the handlers) gets the upstream's error shape;
-``guard_requests`` refuses ambiguous requests, applies the per-IP rate limit and
-answers CORS preflights before any handler (or upstream) sees them.
+the request context comes first so that every log line carries the request id and
+the metrics count the *mapped* status; then every refusal below it (and from the
+handlers) gets the upstream's error shape; on the public listener, the guards refuse
+ambiguous requests, apply the per-IP rate limit and answer CORS preflights before any
+handler (or upstream) sees them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import time
 
 import structlog
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
+from broker.cors import finish_headers
 from broker.errors import (
     BadRequest,
     BrokerError,
@@ -27,6 +28,7 @@ from broker.errors import (
     PayloadTooLarge,
 )
 from broker.exchange import Exchange
+from broker.gateway import Gateway
 from broker.keys import exchange_key, gateway_key
 from broker.logs import get_logger
 from broker.sessions import AuthFailure
@@ -61,33 +63,48 @@ def request_id_for(request: web.BaseRequest) -> str:
     return os.urandom(16).hex()  # a uuid4's entropy at a third of its cost
 
 
-@web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics = request.app[gateway_key].metrics
-    exchange = Exchange(request_id=request_id_for(request), route=route_template(request))
-    request[exchange_key] = exchange
-    structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
-    method = request.method if request.method in _KNOWN_METHODS else "OTHER"
-    started = time.perf_counter()
-    status = 500
-    metrics.inflight.inc()
-    try:
-        response = await handler(request)
-        status = response.status
-        if not response.prepared:
-            response.headers[REQUEST_ID_HEADER] = exchange.request_id
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        metrics.inflight.dec()
-        metrics.request_done(exchange.route, method, status, time.perf_counter() - started)
+def front_door(*, public: bool) -> Middleware:
+    """The one middleware: request context, error shape and, on the public listener,
+    the guards and CORS. One layer instead of three: each aiohttp middleware costs a
+    coroutine frame and a wrapper per request on the hot path."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        gateway = request.app[gateway_key]
+        metrics = gateway.metrics
+        exchange = Exchange(request_id=request_id_for(request), route=route_template(request))
+        request[exchange_key] = exchange
+        structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
+        method = request.method if request.method in _KNOWN_METHODS else "OTHER"
+        started = time.perf_counter()
+        status = 500  # counted if the connection is reset mid-answer
+        metrics.inflight.inc()
+        try:
+            response = await _answer(request, handler, gateway, public=public)
+            status = response.status
+            if not response.prepared:  # streamed answers got these before their headers
+                response.headers[REQUEST_ID_HEADER] = exchange.request_id
+                finish_headers(request, response.headers, gateway.cors if public else None)
+            return response
+        except web.HTTPException as exc:  # below 400: not an error, aiohttp answers it
+            status = exc.status
+            raise
+        finally:
+            metrics.inflight.dec()
+            metrics.request_done(exchange.route, method, status, time.perf_counter() - started)
+
+    return middleware
 
 
-@web.middleware
-async def error_responses(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _answer(
+    request: web.Request, handler: Handler, gateway: Gateway, *, public: bool
+) -> web.StreamResponse:
+    """The handler's answer, or the upstream-shaped error for whatever refused it."""
     try:
+        if public:
+            preflight = _guard(request, gateway)
+            if preflight is not None:
+                return preflight
         return await handler(request)
     except BrokerError as exc:
         if request.writer.output_size:  # headers already sent: only a reset is left
@@ -104,34 +121,27 @@ async def error_responses(request: web.Request, handler: Handler) -> web.StreamR
         return error_response(request, BrokerError("unhandled error"))
 
 
-@web.middleware
-async def guard_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-    gateway = request.app[gateway_key]
+def _guard(request: web.Request, gateway: Gateway) -> web.Response | None:
+    """Refuse ambiguous requests, apply the per-IP limit, answer CORS preflights."""
+    headers = request.headers
     for name in _SINGLE_HEADERS:
-        if len(request.headers.getall(name, ())) > 1:
+        if len(headers.getall(name, ())) > 1:
             raise BadRequest(f"Duplicate {name} header.")
-    if hdrs.CONTENT_LENGTH in request.headers and hdrs.TRANSFER_ENCODING in request.headers:
+    if hdrs.CONTENT_LENGTH in headers and hdrs.TRANSFER_ENCODING in headers:
         raise BadRequest("Content-Length and Transfer-Encoding together.")
     if request[exchange_key].route not in _UNTHROTTLED_ROUTES:
         gateway.ip_throttle.take(remote_address(request))
     if gateway.cors.is_preflight(request):
-        if not gateway.cors.allows(request.headers.get(hdrs.ORIGIN)):
+        if not gateway.cors.allows(headers.get(hdrs.ORIGIN)):
             raise Forbidden("origin not allowed")
         return gateway.cors.preflight_response()
-    return await handler(request)
+    return None
 
 
 def remote_address(request: web.Request) -> str:
     """The client's IP: X-Forwarded-For is believed only from trusted proxies."""
     trusted = request.app[gateway_key].settings.server.trusted_proxies
     return client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
-
-
-async def finish_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: CORS headers on every answer (errors and streams too),
-    and a Server header that does not advertise library versions."""
-    response.headers[hdrs.SERVER] = "token-broker"
-    request.app[gateway_key].cors.decorate(request, response.headers)
 
 
 def error_response(request: web.Request, exc: BrokerError) -> web.Response:

@@ -9,6 +9,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from broker.cors import CorsPolicy, finish_headers
 from broker.errors import (
     BadGateway,
     BadRequest,
@@ -124,12 +125,15 @@ def upstream_url(base: URL, raw_path: str, raw_query: str) -> URL:
 
 
 async def relay_response(
-    request: web.Request, upstream: UpstreamResponse, headers: CIMultiDict[str]
+    request: web.Request,
+    upstream: UpstreamResponse,
+    headers: CIMultiDict[str],
+    cors: CorsPolicy | None,
 ) -> web.StreamResponse:
     """Send the upstream's answer: small bodies in one write, large ones streamed."""
     length = upstream.content_length
     if length is None or length > SMALL_BODY:
-        return await stream_back(request, upstream, headers)
+        return await stream_back(request, upstream, headers, cors)
     # Read before answering, so a broken small body is still a clean 502/504; and one
     # write of headers and body instead of three costs a third of the syscalls.
     try:
@@ -143,8 +147,12 @@ async def relay_response(
 
 
 async def stream_back(
-    request: web.Request, upstream: UpstreamResponse, headers: CIMultiDict[str]
+    request: web.Request,
+    upstream: UpstreamResponse,
+    headers: CIMultiDict[str],
+    cors: CorsPolicy | None,
 ) -> web.StreamResponse:
+    finish_headers(request, headers, cors)  # prepared here, not after the middleware
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     await response.prepare(request)
     # A failure from here on propagates: aiohttp drops the connection and the client
