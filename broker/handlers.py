@@ -25,7 +25,7 @@ from broker.relay import (
 )
 from broker.sessions import AuthFailure
 from broker.transport import UpstreamResponse
-from broker.upstream import upstream_call
+from broker.upstream import UpstreamCall
 
 log = get_logger("broker.handlers")
 
@@ -173,7 +173,7 @@ async def _send(
         request.headers, bearer=bearer, request_id=exchange.request_id
     )
     started = time.perf_counter()
-    async with upstream_call(gateway.metrics, "proxy") as record:
+    async with UpstreamCall(gateway.metrics, "proxy") as record:
         response = await gateway.connected.transport.send(request.method, url, headers, body)
         record.status = str(response.status)
     exchange.upstream_status = response.status

@@ -21,7 +21,7 @@ from broker.errors import (
 )
 from broker.metrics import Metrics
 from broker.settings import UpstreamSettings
-from broker.upstream import USER_AGENT, retry_after_seconds, upstream_call
+from broker.upstream import USER_AGENT, UpstreamCall, retry_after_seconds
 
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -71,7 +71,7 @@ class PartnerApi:
         headers = _headers(self._basic, "application/x-www-form-urlencoded")
         form = b"grant_type=client_credentials"
         async with (
-            upstream_call(self._metrics, "oauth") as record,
+            UpstreamCall(self._metrics, "oauth") as record,
             self._session.post(
                 self._token_url, headers=headers, data=form, allow_redirects=False
             ) as response,
@@ -92,7 +92,7 @@ class PartnerApi:
         headers = _headers(f"Bearer {bearer}", "application/json")
         payload = json.dumps({"customer_id": key.customer_id, "invoice_id": key.invoice_id})
         async with (
-            upstream_call(self._metrics, "mint") as record,
+            UpstreamCall(self._metrics, "mint") as record,
             self._session.post(
                 self._init_url, headers=headers, data=payload.encode(), allow_redirects=False
             ) as response,
@@ -116,7 +116,7 @@ class PartnerApi:
         """GET a partner resource; None when it does not exist (404)."""
         headers = _headers(f"Bearer {bearer}")
         async with (
-            upstream_call(self._metrics, kind) as record,
+            UpstreamCall(self._metrics, kind) as record,
             self._session.get(
                 _join(self._base_url, path), headers=headers, allow_redirects=False
             ) as response,

@@ -5,7 +5,7 @@ in chunks when large). Keeping that behind ``UpstreamTransport`` lets a leaner H
 client slot in for the hot path, chosen by configuration, without touching handlers.
 Errors a transport raises: ``TimeoutError`` (no byte in time), ``UpstreamUnreachable``
 (no connection), ``UpstreamProtocolError`` (garbage, early close); aiohttp's own
-exceptions are translated the same way by ``upstream.upstream_call``.
+exceptions are translated the same way by ``upstream.UpstreamCall``.
 """
 
 from __future__ import annotations
