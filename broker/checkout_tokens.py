@@ -98,18 +98,23 @@ class CheckoutTokens:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def get(self, key: TokenKey) -> Lookup:
-        """A token that may be forwarded now; waits on a mint only when none is cached."""
+    def cached(self, key: TokenKey) -> Lookup | None:
+        """The cached token if it may be forwarded now; no await, so the hot path stays
+        a plain call (``get`` for the rest)."""
         now = self._clock()
         token = self._store.get(key)
-        if token is not None and now < token.forward_until:
-            outcome = REFRESHED_AHEAD if token.last_used == 0.0 else HIT
-            token.last_used = now
-            if now >= token.refresh_at and key not in self._inflight:
-                self._start_mint(key, ahead=True)  # the scheduler is late; catch up
-            self._count(outcome, token, now)
-            return Lookup(token, outcome)
-        return await self._wait_for_mint(key)
+        if token is None or now >= token.forward_until:
+            return None
+        outcome = REFRESHED_AHEAD if token.last_used == 0.0 else HIT
+        token.last_used = now
+        if now >= token.refresh_at and key not in self._inflight:
+            self._start_mint(key, ahead=True)  # the scheduler is late; catch up
+        self._count(outcome, token, now)
+        return Lookup(token, outcome)
+
+    async def get(self, key: TokenKey) -> Lookup:
+        """A token that may be forwarded now; waits on a mint only when none is cached."""
+        return self.cached(key) or await self._wait_for_mint(key)
 
     async def replace_rejected(self, key: TokenKey, rejected: CheckoutToken) -> Lookup:
         """The upstream refused *rejected*: evict it (if still cached) and get another."""

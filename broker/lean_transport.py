@@ -33,6 +33,21 @@ _UNSAFE_VALUE = re.compile(r"[\r\n\x00]")  # would end the field early: request 
 _UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 
+# Field name -> sent (True) or framing we own (False); names are few and fixed by the
+# caller's allowlist, so each is judged once rather than per request.
+_SENT_FIELDS: dict[str, bool] = {}
+_MAX_REMEMBERED_FIELDS = 1024
+
+
+def _judge_field_name(name: str) -> bool:
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"header {name!r} with unsafe characters")
+    sent = name.lower() not in _OWN_FIELDS
+    if len(_SENT_FIELDS) < _MAX_REMEMBERED_FIELDS:
+        _SENT_FIELDS[name] = sent
+    return sent
+
+
 class LeanResponse:
     """The head of an upstream answer, and its body read straight from the connection."""
 
@@ -77,10 +92,11 @@ class LeanTransport:
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         base = settings.base_url
-        if base.raw_host is None or base.port is None:
+        host_field = base.host_port_subcomponent
+        if base.raw_host is None or base.port is None or host_field is None:
             raise ValueError(f"upstream.base_url has no host or port: {base}")
         self._host, self._port = base.raw_host, base.port
-        self._host_field = base.host_port_subcomponent
+        self._host_field = host_field
         self._tls = base.scheme == "https"
         self._ssl = (ssl_context or ssl.create_default_context()) if self._tls else None
         self._connect_timeout = settings.connect_timeout
@@ -138,17 +154,22 @@ class LeanTransport:
         target = url.raw_path_qs  # byte for byte as the caller sent it
         if not _TOKEN.fullmatch(method) or _UNSAFE_TARGET.search(target):
             raise ValueError("request line with unsafe characters")
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self._host_field}\r\n"]
+        parts = [method, " ", target, " HTTP/1.1\r\nHost: ", self._host_field, "\r\n"]
+        values = []
         for name, value in headers.items():
-            if name.lower() in _OWN_FIELDS:
-                continue
-            if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value):
-                raise ValueError(f"header {name!r} with unsafe characters")
-            lines.append(f"{name}: {value}\r\n")
+            sent = _SENT_FIELDS.get(name)
+            if sent is None:
+                sent = _judge_field_name(name)
+            if sent:
+                parts += (name, ": ", value, "\r\n")
+                values.append(value)
+        # One scan over every value (a tab cannot hide or fake an unsafe character).
+        if _UNSAFE_VALUE.search("\t".join(values)):
+            raise ValueError("header value with unsafe characters")
         if body is not None:  # also 0 for an empty POST: never chunked on our side
-            lines.append(f"Content-Length: {len(body)}\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("utf-8", "surrogateescape")
+            parts.append(f"Content-Length: {len(body)}\r\n")
+        parts.append("\r\n")
+        head = "".join(parts).encode("utf-8", "surrogateescape")
         return head + body if body else head
 
     async def _acquire_slot(self) -> None:

@@ -9,10 +9,12 @@ handler (or upstream) sees them.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
 import time
+from collections.abc import Iterator
 
 import structlog
 from aiohttp import hdrs, web
@@ -60,7 +62,26 @@ def request_id_for(request: web.BaseRequest) -> str:
     values = request.headers.getall(REQUEST_ID_HEADER, ())
     if len(values) == 1 and _SANE_REQUEST_ID.fullmatch(values[0]):
         return values[0]
-    return os.urandom(16).hex()  # a uuid4's entropy at a third of its cost
+    return next(_request_ids)
+
+
+def _new_request_ids() -> Iterator[str]:
+    """Ids unique across processes and restarts without a syscall per request: a random
+    64-bit prefix per process and a counter. Correlation ids, not secrets (a caller may
+    choose its own)."""
+    prefix = os.urandom(8).hex()
+    return (f"{prefix}{n:016x}" for n in itertools.count(1))
+
+
+_request_ids = _new_request_ids()
+
+
+def _reseed_request_ids() -> None:
+    global _request_ids  # noqa: PLW0603 - a forked worker must not repeat its parent's ids
+    _request_ids = _new_request_ids()
+
+
+os.register_at_fork(after_in_child=_reseed_request_ids)
 
 
 def front_door(*, public: bool) -> Middleware:
@@ -80,7 +101,12 @@ def front_door(*, public: bool) -> Middleware:
         status = 500  # counted if the connection is reset mid-answer
         metrics.inflight.inc()
         try:
-            response = await _answer(request, handler, gateway, public=public)
+            try:
+                preflight = _guard(request, gateway) if public else None
+                # Not `preflight or ...`: a response is a mapping, falsy when empty.
+                response = await handler(request) if preflight is None else preflight
+            except Exception as exc:  # noqa: BLE001 - mapped (or re-raised) right here
+                response = _refusal(request, exc)
             status = response.status
             if not response.prepared:  # streamed answers got these before their headers
                 response.headers[REQUEST_ID_HEADER] = exchange.request_id
@@ -96,29 +122,21 @@ def front_door(*, public: bool) -> Middleware:
     return middleware
 
 
-async def _answer(
-    request: web.Request, handler: Handler, gateway: Gateway, *, public: bool
-) -> web.StreamResponse:
-    """The handler's answer, or the upstream-shaped error for whatever refused it."""
-    try:
-        if public:
-            preflight = _guard(request, gateway)
-            if preflight is not None:
-                return preflight
-        return await handler(request)
-    except BrokerError as exc:
+def _refusal(request: web.Request, exc: Exception) -> web.Response:
+    """The upstream-shaped error for whatever refused the request (called while *exc*
+    is being handled); re-raised when headers went out already or it is no error."""
+    if isinstance(exc, BrokerError):
         if request.writer.output_size:  # headers already sent: only a reset is left
-            raise
+            raise exc
         return error_response(request, exc)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return error_response(request, _from_http_exception(exc))
-    except Exception:
-        if request.writer.output_size:
-            raise
-        log.exception("unhandled_error")
-        return error_response(request, BrokerError("unhandled error"))
+    if request.writer.output_size:
+        raise exc
+    log.exception("unhandled_error")
+    return error_response(request, BrokerError("unhandled error"))
 
 
 def _guard(request: web.Request, gateway: Gateway) -> web.Response | None:

@@ -23,6 +23,10 @@ _FORBIDDEN_ESCAPES = frozenset(
 # Query bytes: RFC 3986 query chars (pchar, "/", "?"), kept byte for byte.
 _QUERY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
 MAX_TARGET_LENGTH = 2048
+# The common case in one match: plain segments (no escapes, no "." or ".." segment)
+# and a query without escapes. Anything else takes the segment-by-segment checks.
+_PLAIN_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,=:@]+)+")
+_PLAIN_QUERY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
 
 
 def split_target(raw_target: str) -> tuple[str, str]:
@@ -42,6 +46,8 @@ def check_proxy_target(raw_target: str, prefixes: tuple[str, ...]) -> tuple[str,
     path, query = split_target(raw_target)
     if not path.startswith(prefixes):  # str.startswith takes the whole tuple at once
         raise NotFound("path outside the proxied prefixes")
+    if _PLAIN_PATH.fullmatch(path) and _PLAIN_QUERY.fullmatch(query):
+        return path, query
     segments = path[1:].split("/")
     for segment in segments:
         if not _valid_segment(segment):

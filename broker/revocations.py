@@ -29,5 +29,7 @@ class Revocations:
         return before
 
     def revoked(self, customer_id: str, issued_at: float) -> bool:
+        if not self._revoked:
+            return False  # the usual case, on every request: skip the cache's bookkeeping
         before = self._revoked.get(customer_id)
         return before is not None and issued_at <= before

@@ -40,6 +40,7 @@ class RouteTable:
         self.allow_any = allow_any
         self._routes: dict[Template, set[str]] = {}
         self._templated: list[tuple[Template, set[str]]] = []
+        self._templated_lengths: frozenset[int] = frozenset()
         for prefix in SDK_PREFIXES:
             for pair in SDK_ROUTES:
                 method, path = pair.split(" ", 1)
@@ -53,6 +54,7 @@ class RouteTable:
         self._routes.setdefault(template, set()).add(method)
         if PLACEHOLDER in template:
             self._templated = [(t, m) for t, m in self._routes.items() if PLACEHOLDER in t]
+            self._templated_lengths = frozenset(len(t) for t, _ in self._templated)
 
     def check(self, method: str, raw_path: str) -> None:
         """Raise NotFound for an unknown path, MethodNotAllowed for a wrong method."""
@@ -65,7 +67,10 @@ class RouteTable:
             raise MethodNotAllowed(f"{method} not allowed on this path")
 
     def _methods_for(self, segments: Template) -> set[str] | None:
-        methods = set(self._routes.get(segments, ()))  # exact paths: one dict lookup
+        exact = self._routes.get(segments)  # exact paths: one dict lookup
+        if len(segments) not in self._templated_lengths:
+            return exact  # no {id} template this long: the usual case, no copy
+        methods = set(exact or ())
         for template, allowed in self._templated:
             if len(template) == len(segments) and all(
                 want == got or (want == PLACEHOLDER and ID_PATTERN.fullmatch(got))
