@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from broker import __version__
+from broker.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 
 # Proxy latency sits in the low milliseconds; mints and slow upstreams reach seconds.
 LATENCY_BUCKETS = (
@@ -26,25 +27,26 @@ TIER_CHECKOUT = "checkout"
 
 @dataclass(frozen=True, slots=True)
 class Metrics:
-    requests: Counter
-    request_duration: Histogram
-    upstream_requests: Counter
-    upstream_duration: Histogram
-    token_lookups: Counter
+    # Loop* types: touched by every request, lock-free (see loop_metrics).
+    requests: LoopCounter
+    request_duration: LoopHistogram
+    upstream_requests: LoopCounter
+    upstream_duration: LoopHistogram
+    token_lookups: LoopCounter
     mint_duration: Histogram
-    token_remaining: Histogram
+    token_remaining: LoopHistogram
     upstream_unauthorized: Counter
     cache_entries: Gauge
     sessions_issued: Counter
     auth_failures: Counter
-    inflight: Gauge
+    inflight: LoopGauge
     build_info: Gauge
     ready: Gauge
     rate_budget_exhausted: Counter
     credentials_rejected: Gauge
     redis_degraded: Gauge
-    # Bound children by label values: labels() costs a lock and a dict build per call,
-    # and every request would pay it several times. The label sets are bounded.
+    # Bound children by label values: labels() costs a dict build per call, and every
+    # request would pay it several times. The label sets are bounded.
     _children: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -60,28 +62,36 @@ class Metrics:
         ) -> Histogram:
             return Histogram(name, doc, labels, registry=registry, buckets=buckets)
 
+        def loop_counter(name: str, doc: str, labels: tuple[str, ...]) -> LoopCounter:
+            return LoopCounter(name, doc, labels, registry)
+
+        def loop_histogram(
+            name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+        ) -> LoopHistogram:
+            return LoopHistogram(name, doc, labels, registry, buckets)
+
         metrics = cls(
-            requests=counter(
+            requests=loop_counter(
                 "broker_requests_total", "Requests answered.", ("route", "method", "status")
             ),
-            request_duration=histogram(
+            request_duration=loop_histogram(
                 "broker_request_duration_seconds",
                 "Time to answer a request.",
                 ("route",),
                 LATENCY_BUCKETS,
             ),
-            upstream_requests=counter(
+            upstream_requests=loop_counter(
                 "broker_upstream_requests_total",
                 "Calls to the upstream API by kind and status (or error class).",
                 ("kind", "status"),
             ),
-            upstream_duration=histogram(
+            upstream_duration=loop_histogram(
                 "broker_upstream_request_duration_seconds",
                 "Upstream call time until response headers.",
                 ("kind",),
                 LATENCY_BUCKETS,
             ),
-            token_lookups=counter(
+            token_lookups=loop_counter(
                 "broker_token_lookups_total",
                 "Token lookups by tier and outcome.",
                 ("tier", "outcome"),
@@ -92,7 +102,7 @@ class Metrics:
                 ("tier",),
                 LATENCY_BUCKETS,
             ),
-            token_remaining=histogram(
+            token_remaining=loop_histogram(
                 "broker_token_remaining_seconds",
                 "Lifetime left on a token when it is used.",
                 ("tier",),
@@ -112,7 +122,7 @@ class Metrics:
                 "Refused API keys and session tokens, by reason.",
                 ("reason",),
             ),
-            inflight=gauge("broker_inflight_requests", "Requests being handled."),
+            inflight=LoopGauge("broker_inflight_requests", "Requests being handled.", registry),
             build_info=gauge("broker_build_info", "Build information.", ("version",)),
             ready=gauge("broker_ready", "1 while /readyz answers 200."),
             rate_budget_exhausted=counter(
