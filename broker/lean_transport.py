@@ -10,8 +10,10 @@ errors (see ``broker.transport``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 
 from multidict import CIMultiDictProxy
@@ -46,6 +48,48 @@ def _judge_field_name(name: str) -> bool:
     if len(_SENT_FIELDS) < _MAX_REMEMBERED_FIELDS:
         _SENT_FIELDS[name] = sent
     return sent
+
+
+class Slots:
+    """At most ``size`` holders at once; waiters are served first come, first served.
+
+    asyncio.Semaphore does the same but scans its waiters on every call, and this
+    pool takes and gives back a slot for every proxied request.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def take_now(self) -> bool:
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Wait for a slot; the caller bounds the wait."""
+        if self.take_now():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.cancelled():
+                with contextlib.suppress(ValueError):  # give() may have dropped it already
+                    self._waiters.remove(waiter)
+            else:
+                self.give()  # handed a slot just as we were cancelled: pass it on
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the first waiter
+                return
+        self._free += 1
 
 
 class LeanResponse:
@@ -104,7 +148,7 @@ class LeanTransport:
         self._idle_timeout = idle_timeout
         # Counts requests in flight, so connections (busy + idle) never exceed the bound:
         # a new one is opened only when no idle one is left.
-        self._slots = asyncio.Semaphore(settings.max_connections)
+        self._slots = Slots(settings.max_connections)
         self._idle: list[UpstreamConnection] = []  # LIFO: surplus connections age out
         self._open: set[UpstreamConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -120,7 +164,7 @@ class LeanTransport:
         try:
             conn = await self._exchange(method, request)
         except BaseException:
-            self._slots.release()
+            self._slots.give()
             raise
         return LeanResponse(self, conn)
 
@@ -144,7 +188,7 @@ class LeanTransport:
                 self._arm_sweeper()
         else:
             self._discard(conn)
-        self._slots.release()
+        self._slots.give()
 
     def _serialize(
         self, method: str, url: URL, headers: Mapping[str, str], body: bytes | None
@@ -173,12 +217,11 @@ class LeanTransport:
         return head + body if body else head
 
     async def _acquire_slot(self) -> None:
-        if not self._slots.locked():
-            await self._slots.acquire()  # returns at once; no timer on the hot path
-            return
+        if self._slots.take_now():
+            return  # the usual case: no wait, no timer
         try:
             async with asyncio.timeout(self._connect_timeout):
-                await self._slots.acquire()
+                await self._slots.take()
         except TimeoutError:
             raise TimeoutError("no free upstream connection within connect_timeout") from None
 

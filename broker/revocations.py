@@ -5,31 +5,45 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from cachetools import TLRUCache
-
 MAX_REVOKED_CUSTOMERS = 100_000
 
 
 class Revocations:
-    """``customer_id -> revoked_before``, kept only while such sessions could live."""
+    """``customer_id -> revoked_before``, kept only while such sessions could live.
+
+    A plain dict rather than a TTL cache: it is read on every request and written
+    only by the admin API, and a TTL cache pays its expiry bookkeeping on each read.
+    """
 
     def __init__(self, session_ttl: float, clock: Callable[[], float] = time.time) -> None:
         self._session_ttl = session_ttl
         self._clock = clock
-        self._revoked: TLRUCache[str, float] = TLRUCache(
-            maxsize=MAX_REVOKED_CUSTOMERS,
-            # A session issued before `before` expires by `before + ttl` at the latest.
-            ttu=lambda _customer, before, _now: before + session_ttl,
-            timer=clock,
-        )
+        self._revoked: dict[str, float] = {}  # oldest revocation first
 
     def revoke(self, customer_id: str, before: float | None = None) -> float:
         before = self._clock() if before is None else before
-        self._revoked[customer_id] = max(before, self._revoked.get(customer_id, 0.0))
+        latest = max(before, self._revoked.pop(customer_id, 0.0))
+        if len(self._revoked) >= MAX_REVOKED_CUSTOMERS:
+            self._forget_expired()
+            if len(self._revoked) >= MAX_REVOKED_CUSTOMERS:
+                # Full of live revocations: the oldest goes, as an LRU cache would.
+                del self._revoked[next(iter(self._revoked))]
+        self._revoked[customer_id] = latest
         return before
 
     def revoked(self, customer_id: str, issued_at: float) -> bool:
         if not self._revoked:
-            return False  # the usual case, on every request: skip the cache's bookkeeping
+            return False  # the usual case
         before = self._revoked.get(customer_id)
-        return before is not None and issued_at <= before
+        if before is None:
+            return False
+        # A session issued before `before` is expired by `before + ttl` anyway.
+        if before + self._session_ttl <= self._clock():
+            del self._revoked[customer_id]
+            return False
+        return issued_at <= before
+
+    def _forget_expired(self) -> None:
+        cutoff = self._clock() - self._session_ttl
+        for customer_id in [c for c, before in self._revoked.items() if before <= cutoff]:
+            del self._revoked[customer_id]

@@ -22,7 +22,7 @@ from yarl import URL
 
 from broker.keys import gateway_key
 from broker.lean_connection import HIGH_WATER
-from broker.lean_transport import LeanTransport
+from broker.lean_transport import LeanTransport, Slots
 from broker.settings import ConfigError, UpstreamSettings, load_settings
 from broker.transport import (
     AiohttpTransport,
@@ -927,3 +927,41 @@ async def test_the_gateway_builds_the_configured_transport(
     client = await make_broker(make_settings(sandbox.url))
     built = client.app[gateway_key].connected.transport
     assert type(built) is (LeanTransport if transport == "lean" else AiohttpTransport)
+
+
+async def test_slots_are_bounded_fifo_and_survive_cancelled_waiters() -> None:
+    slots = Slots(2)
+    assert slots.take_now()
+    assert slots.take_now()
+    assert not slots.take_now()
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        await slots.take()
+        order.append(name)
+
+    first, doomed, last = (asyncio.create_task(wait(n)) for n in ("first", "doomed", "last"))
+    await asyncio.sleep(0)
+    doomed.cancel()  # a waiter that gives up must not swallow a slot
+    await asyncio.sleep(0)
+    slots.give()
+    slots.give()
+    await asyncio.gather(first, last)
+    assert order == ["first", "last"]
+    assert not slots.take_now()  # both slots are held again
+    slots.give()
+    slots.give()
+    assert [slots.take_now() for _ in range(3)] == [True, True, False]
+
+
+async def test_a_slot_handed_to_a_cancelled_waiter_is_passed_on() -> None:
+    slots = Slots(1)
+    assert slots.take_now()
+    unlucky = asyncio.create_task(slots.take())
+    patient = asyncio.create_task(slots.take())
+    await asyncio.sleep(0)
+    slots.give()  # the slot goes to `unlucky`...
+    unlucky.cancel()  # ...which is cancelled before it runs again
+    await asyncio.wait_for(patient, 1.0)  # so it must reach `patient`
+    assert unlucky.cancelled()
+    assert not slots.take_now()
