@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import random
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from broker.partner_api import (
 )
 from broker.partner_token import PartnerToken
 from broker.rate_budget import RateBudget
+from broker.refresh_schedule import RefreshSchedule
 from broker.token_store import TokenStore
 
 log = get_logger("broker.checkout_tokens")
@@ -72,7 +72,7 @@ class CheckoutTokens:
         self._max_wait = max_wait
         self._clock = clock
         self._inflight: dict[TokenKey, asyncio.Task[CheckoutToken]] = {}
-        self._schedule: list[tuple[float, TokenKey]] = []
+        self._schedule: RefreshSchedule[TokenKey] = RefreshSchedule()
         self._wakeup = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._outcomes = {
@@ -105,8 +105,8 @@ class CheckoutTokens:
         token = self._store.get(key)
         if token is None or now >= token.forward_until:
             return None
-        outcome = REFRESHED_AHEAD if token.last_used == 0.0 else HIT
-        token.last_used = now
+        outcome = REFRESHED_AHEAD if token.refreshed_ahead and token.unserved else HIT
+        token.used, token.unserved = True, False
         if now >= token.refresh_at and key not in self._inflight:
             self._start_mint(key, ahead=True)  # the scheduler is late; catch up
         self._count(outcome, token, now)
@@ -143,7 +143,7 @@ class CheckoutTokens:
             self._outcomes[FAILED].inc()
             raise
         now = self._clock()
-        token.last_used = max(token.last_used, token.obtained_at)
+        token.unserved = False  # served to the requests that waited: not "in use" yet
         self._count(outcome, token, now)
         return Lookup(token, outcome)
 
@@ -261,29 +261,38 @@ class CheckoutTokens:
             log.info("rate_budget_waited", kind="mint", waited_s=round(waited, 3))
 
     def _push(self, when: float, key: TokenKey) -> None:
-        if not self._schedule or when < self._schedule[0][0]:
+        if self._schedule.add(when, key):
             self._wakeup.set()
-        heapq.heappush(self._schedule, (when, key))
 
     async def _run_scheduler(self) -> None:
         while True:
-            if not self._schedule:
+            due = self._schedule.next_due()
+            if due is None:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 continue
-            when, key = self._schedule[0]
-            delay = when - self._clock()
+            delay = due - self._clock()
             if delay > 0:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
                 continue
-            heapq.heappop(self._schedule)
-            token = self._store.get(key)
-            if (
-                token is not None
-                and token.refresh_at <= when
-                and token.used_since_obtained()
-                and key not in self._inflight
-            ):
+            now = self._clock()
+            for key in self._schedule.pop_due(now):
+                self._look_at(key, now)
+
+    def _look_at(self, key: TokenKey, now: float) -> None:
+        """A key's scheduled time came: renew it if in use, else let it expire and go."""
+        token = self._store.get(key)  # drops an expired token
+        if token is None or token.refresh_at > now:
+            return  # gone, or rescheduled: a later entry exists
+        if token.used:
+            if key not in self._inflight:  # else the mint in flight schedules the next
                 self._start_mint(key, ahead=True)
+        elif token.forward_until > now:
+            # Idle: not renewed. Looked at again when it expires, so that it leaves the
+            # cache then rather than when the cache is full (a lookup before that still
+            # renews it: see ``cached``).
+            self._push(token.forward_until, key)
+        else:
+            self._store.discard(key, token)

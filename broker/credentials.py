@@ -52,8 +52,12 @@ class CheckoutToken:
     forward_until: float
     refresh_at: float
     refreshed_ahead: bool = False
-    # Set by lookups; a token used after the request that minted it is "in use".
-    last_used: float = 0.0
+    # Served from the cache after the request(s) that waited for its mint: the key is
+    # "in use" and gets a new token ahead of expiry. (Flags, not a last-use time: a
+    # float per token is 24 bytes at a million keys, and one allocation per request.)
+    used: bool = False
+    # Not served yet at all: its first lookup is counted as "refreshed_ahead".
+    unserved: bool = True
 
     @classmethod
     def create(
@@ -80,14 +84,10 @@ class CheckoutToken:
             forward_until=forward_until,
             refresh_at=max(refresh_at, now),
             refreshed_ahead=refreshed_ahead,
-            last_used=0.0 if refreshed_ahead else now,
         )
 
     def forwardable(self, now: float) -> bool:
         return now < self.forward_until
-
-    def used_since_obtained(self) -> bool:
-        return self.last_used > self.obtained_at
 
 
 def unverified_claims(token: str) -> dict[str, object] | None:

@@ -132,7 +132,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         raise MethodNotAllowed()
     session = await gateway.authenticate(bearer_token(request))
     exchange.customer_id, exchange.invoice_id = session.key
-    gateway.session_throttle.take(session.jti)
+    gateway.session_throttle.take(session.digest)
     limits = gateway.settings.limits
     body = await read_body(request, limits.max_body_bytes, limits.body_timeout)
     url = upstream_url(gateway.settings.upstream.base_url, raw_path, raw_query)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from broker.bounded import slack_for, trimmed
 from broker.credentials import TokenKey, valid_id
 from broker.errors import Unauthenticated
 from broker.settings import SessionSettings
@@ -33,9 +34,13 @@ VERIFIED_CACHE_SIZE = 100_000
 
 @dataclass(frozen=True, slots=True)
 class Session:
+    """A verified session: only what requests need, since up to VERIFIED_CACHE_SIZE of
+    these stay cached (the claims ``jti`` and ``client_id`` are checked, not kept)."""
+
     key: TokenKey
-    client_id: str
-    jti: str
+    # The verified-cache key (BLAKE2b of the token): also names the session for the
+    # per-session rate limit, one token one bucket, without keeping the jti string.
+    digest: bytes
     issued_at: float
     expires_at: float
 
@@ -76,6 +81,7 @@ class SessionAuthority:
         # Verified claims by token digest, oldest first (sessions live alike, so that is
         # also soonest-expiring first); expiry is checked on every hit.
         self._verified: dict[bytes, Session] = {}
+        self._verified_bound = VERIFIED_CACHE_SIZE
 
     def issue(self, key: TokenKey, client_id: str) -> IssuedSession:
         # Millisecond iat: a revocation "before now" must not catch a session issued
@@ -108,10 +114,12 @@ class SessionAuthority:
             if self._clock() < session.expires_at + self._settings.leeway:
                 return session
             del self._verified[digest]
-        session = self._verify_signature(token)
+        session = self._verify_signature(token, digest)
         self._verified[digest] = session
-        if len(self._verified) > VERIFIED_CACHE_SIZE:
-            del self._verified[next(iter(self._verified))]
+        if len(self._verified) > self._verified_bound:
+            now, leeway = self._clock(), self._settings.leeway
+            keep = self._verified_bound - slack_for(self._verified_bound)
+            self._verified = trimmed(self._verified, keep, lambda s: now < s.expires_at + leeway)
         return session
 
     def jwks(self) -> dict[str, list[dict[str, str]]]:
@@ -120,7 +128,7 @@ class SessionAuthority:
             keys.append({**_public_jwk_fields(key), "kid": kid, "alg": ALGORITHM, "use": "sig"})
         return {"keys": keys}
 
-    def _verify_signature(self, token: str) -> Session:
+    def _verify_signature(self, token: str, digest: bytes) -> Session:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -145,10 +153,10 @@ class SessionAuthority:
             raise AuthFailure("expired") from None
         except jwt.InvalidTokenError:
             raise AuthFailure("invalid") from None
-        return _session_from_claims(claims)
+        return _session_from_claims(claims, digest)
 
 
-def _session_from_claims(claims: dict[str, object]) -> Session:
+def _session_from_claims(claims: dict[str, object], digest: bytes) -> Session:
     customer_id, invoice_id = claims["customer_id"], claims["invoice_id"]
     client_id, jti = claims.get("client_id", ""), claims["jti"]
     iat, exp = claims["iat"], claims["exp"]
@@ -166,8 +174,7 @@ def _session_from_claims(claims: dict[str, object]) -> Session:
         raise AuthFailure("invalid_claims")
     return Session(
         key=TokenKey(str(customer_id), str(invoice_id)),
-        client_id=client_id,
-        jti=jti,
+        digest=digest,
         issued_at=float(iat),
         expires_at=float(exp),
     )

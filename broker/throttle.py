@@ -7,12 +7,16 @@ import math
 import time
 from collections.abc import Callable
 
+from broker.bounded import slack_for, trimmed
 from broker.errors import TooManyRequests
 from broker.settings import IpNetwork
 
 # Keys beyond this are forgotten least-recently-used first; a forgotten key starts
 # with a full bucket, which errs on the side of serving.
 MAX_TRACKED_KEYS = 100_000
+# How often keys whose bucket is full again are forgotten: such a key is the same as
+# one never seen, and keeping it costs ~80 bytes per idle session.
+FORGET_IDLE_EVERY = 10.0
 
 
 class TokenBuckets:
@@ -29,9 +33,11 @@ class TokenBuckets:
         self._interval = 1.0 / rate
         self._tolerance = burst * self._interval
         self._clock = clock
-        self._arrival: dict[str, float] = {}  # in order of last use: oldest first
+        self._arrival: dict[str | bytes, float] = {}  # in order of last use: oldest first
+        self._keep = MAX_TRACKED_KEYS - slack_for(MAX_TRACKED_KEYS)
+        self._forget_idle_at = clock() + FORGET_IDLE_EVERY
 
-    def take(self, key: str) -> None:
+    def take(self, key: str | bytes) -> None:
         """Spend one token for *key*, or raise TooManyRequests with a Retry-After."""
         now = self._clock()
         arrival = max(self._arrival.pop(key, now), now) + self._interval
@@ -42,8 +48,9 @@ class TokenBuckets:
                 "client rate limit reached", retry_after=max(1, math.ceil(excess))
             )
         self._arrival[key] = arrival
-        if len(self._arrival) > MAX_TRACKED_KEYS:
-            del self._arrival[next(iter(self._arrival))]
+        if len(self._arrival) > MAX_TRACKED_KEYS or now >= self._forget_idle_at:
+            self._forget_idle_at = now + FORGET_IDLE_EVERY
+            self._arrival = trimmed(self._arrival, self._keep, lambda at: at > now)
 
 
 def client_ip(peer: str | None, forwarded_for: list[str], trusted: tuple[IpNetwork, ...]) -> str:

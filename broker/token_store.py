@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from broker.bounded import slack_for, trimmed
 from broker.credentials import CheckoutToken, TokenKey
 
 
@@ -31,16 +32,16 @@ class TokenStore(Protocol):
 class MemoryTokenStore:
     """A bounded per-process cache: a plain dict kept in insertion order.
 
-    Tokens of one upstream have similar lifetimes, so insertion order is close to
-    expiry order: expired entries are swept from the front as new ones arrive (and
-    dropped on access wherever they are), and past ``max_entries`` the oldest goes.
-    A dict entry costs a fraction of a TTL cache's heap and links, which matters at a
-    million keys.
+    Expired entries are dropped when looked up, and the refresh scheduler looks up
+    every key when its token expires, so nothing scans the dict for them. Past
+    ``max_entries`` the expired and then the oldest go, a slice at a time (see
+    ``bounded.trimmed``). A dict entry costs a fraction of a TTL cache's heap and links.
     """
 
     def __init__(self, max_entries: int, clock: Callable[[], float] = time.time) -> None:
         self._entries: dict[TokenKey, CheckoutToken] = {}
         self._max_entries = max_entries
+        self._keep = max_entries - slack_for(max_entries)
         self._clock = clock
 
     def get(self, key: TokenKey) -> CheckoutToken | None:
@@ -53,9 +54,9 @@ class MemoryTokenStore:
     def put(self, key: TokenKey, token: CheckoutToken) -> None:
         self._entries.pop(key, None)  # re-inserted at the back: newest last
         self._entries[key] = token
-        self.sweep()
-        while len(self._entries) > self._max_entries:
-            del self._entries[next(iter(self._entries))]
+        if len(self._entries) > self._max_entries:
+            now = self._clock()
+            self._entries = trimmed(self._entries, self._keep, lambda t: now < t.forward_until)
 
     def discard(self, key: TokenKey, token: CheckoutToken | None = None) -> bool:
         current = self._entries.get(key)
@@ -71,16 +72,5 @@ class MemoryTokenStore:
         now = self._clock()
         return iter([(k, t) for k, t in list(self._entries.items()) if now < t.forward_until])
 
-    def sweep(self) -> None:
-        """Drop expired entries from the front (amortised O(1) per insertion)."""
-        now = self._clock()
-        entries = self._entries
-        while entries:
-            key = next(iter(entries))
-            if now < entries[key].forward_until:
-                return
-            del entries[key]
-
     def __len__(self) -> int:
-        self.sweep()
         return len(self._entries)

@@ -53,13 +53,19 @@ async def test_three_second_tokens_under_fifteen_seconds_of_traffic(
     assert 5 <= stats["tokens_issued"] <= 12
 
 
-async def test_idle_key_is_not_renewed(make_sandbox: MakeSandbox, make_broker: MakeBroker) -> None:
+async def test_idle_key_is_not_renewed_and_leaves_the_cache_when_expired(
+    make_sandbox: MakeSandbox, make_broker: MakeBroker
+) -> None:
     sandbox = await make_sandbox(token_ttl=2.0)
-    client = await make_broker(make_settings(sandbox.url))
+    registry = CollectorRegistry()
+    client = await make_broker(make_settings(sandbox.url), registry)
     session = await new_session(client)
     assert (await client.get("/checkout/invoice", headers=auth(session))).status == 200
+    assert registry.get_sample_value("broker_token_cache_entries") == 1
     await asyncio.sleep(2.5)
     assert (await sandbox.stats())["tokens_issued"] == 1
+    # Nobody looked the key up: the scheduler dropped it when it expired.
+    assert registry.get_sample_value("broker_token_cache_entries") == 0
 
 
 async def test_a_failing_renewal_is_not_retried_on_every_request(

@@ -1,0 +1,25 @@
+"""Trimming the insertion-ordered dicts that serve as the broker's bounded caches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+def slack_for(bound: int) -> int:
+    """How far below its bound a full cache is trimmed: trims stay amortised O(1)."""
+    return max(1, bound // 64)
+
+
+def trimmed(entries: dict[K, V], keep: int, live: Callable[[V], bool]) -> dict[K, V]:
+    """The newest *keep* entries for which *live* holds, as a new dict, oldest first.
+
+    Rebuilt in one pass rather than deleted from the front: each deleted front entry
+    leaves a hole that every later ``next(iter(entries))`` walks again, which turns
+    one-at-a-time eviction quadratic at a million keys.
+    """
+    kept = [(key, value) for key, value in entries.items() if live(value)]
+    return dict(kept[-keep:] if len(kept) > keep else kept) if keep > 0 else {}
