@@ -17,7 +17,15 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from broker.coordination import LocalCoordinator, MintCoordinator
-from broker.credentials import CheckoutToken, TokenKey, effective_expiry, fingerprint
+from broker.credentials import (
+    FRESH,
+    FRESH_AHEAD,
+    IN_USE,
+    CheckoutToken,
+    TokenKey,
+    effective_expiry,
+    fingerprint,
+)
 from broker.errors import BadGateway, BrokerError, RateBudgetExhausted, TokenMismatch
 from broker.logs import get_logger
 from broker.metrics import TIER_CHECKOUT, Metrics
@@ -105,8 +113,8 @@ class CheckoutTokens:
         token = self._store.get(key)
         if token is None or now >= token.forward_until:
             return None
-        outcome = REFRESHED_AHEAD if token.refreshed_ahead and token.unserved else HIT
-        token.used, token.unserved = True, False
+        outcome = REFRESHED_AHEAD if token.state == FRESH_AHEAD else HIT
+        token.state = IN_USE
         if now >= token.refresh_at and key not in self._inflight:
             self._start_mint(key, ahead=True)  # the scheduler is late; catch up
         self._count(outcome, token, now)
@@ -143,7 +151,8 @@ class CheckoutTokens:
             self._outcomes[FAILED].inc()
             raise
         now = self._clock()
-        token.unserved = False  # served to the requests that waited: not "in use" yet
+        if token.state == FRESH_AHEAD:
+            token.state = FRESH  # served to the requests that waited: not "in use" yet
         self._count(outcome, token, now)
         return Lookup(token, outcome)
 
@@ -286,7 +295,7 @@ class CheckoutTokens:
         token = self._store.get(key)  # drops an expired token
         if token is None or token.refresh_at > now:
             return  # gone, or rescheduled: a later entry exists
-        if token.used:
+        if token.in_use:
             if key not in self._inflight:  # else the mint in flight schedules the next
                 self._start_mint(key, ahead=True)
         elif token.forward_until > now:
