@@ -10,7 +10,7 @@ import time
 
 from aiohttp import web
 
-from broker.credentials import fingerprint, valid_id
+from broker.credentials import fingerprint, unverified_claims, valid_id
 from broker.errors import BadRequest
 from broker.handlers import NO_STORE, bearer_token
 from broker.keys import admin_key_key, gateway_key
@@ -46,7 +46,7 @@ async def customer_tokens(request: web.Request) -> web.Response:
         {
             "invoice_id": key.invoice_id,
             "expires_at": round(token.expires_at, 3),
-            "age_s": round(now - token.obtained_at, 3),
+            "age_s": _age(token.value, now),
             "fingerprint": fingerprint(token.value),
         }
         for key, token in store.items()
@@ -55,6 +55,14 @@ async def customer_tokens(request: web.Request) -> web.Response:
     log.info("admin_audit", action="list_tokens", customer_id=customer_id,
              remote=request.remote, outcome="ok", tokens=len(tokens))  # fmt: skip
     return web.json_response({"customer_id": customer_id, "tokens": tokens}, headers=NO_STORE)
+
+
+def _age(token: str, now: float) -> float | None:
+    """Seconds since the upstream issued *token* (its ``iat``), if it says."""
+    issued = (unverified_claims(token) or {}).get("iat")
+    if isinstance(issued, int | float) and not isinstance(issued, bool):
+        return round(now - issued, 3)
+    return None
 
 
 async def revoke_customer(request: web.Request) -> web.Response:

@@ -53,11 +53,11 @@ class CheckoutToken:
 
     value: str = field(repr=False)
     expires_at: float
-    obtained_at: float
     forward_until: float
     refresh_at: float
-    # Where it is in its life (one small int rather than three flags: six fields fit
-    # an 80-byte object, eight take 96, and there may be a million of these).
+    # Where it is in its life (one small int rather than three flags). There may be a
+    # million of these: every field and float is counted (the time it was obtained
+    # only shapes the margins, in ``create``; its age is the JWT's ``iat``).
     state: int = FRESH
 
     @property
@@ -91,7 +91,6 @@ class CheckoutToken:
         return cls(
             value=value,
             expires_at=expires_at,
-            obtained_at=now,
             forward_until=forward_until,
             refresh_at=max(refresh_at, now),
             state=FRESH_AHEAD if refreshed_ahead else FRESH,

@@ -104,4 +104,5 @@ class _CheckoutCodec:
         return token
 
     def share(self, value: CheckoutToken) -> SharedToken:
-        return SharedToken(value.value, value.expires_at, value.obtained_at)
+        # Called as soon as the token is minted here: now is when it was obtained.
+        return SharedToken(value.value, value.expires_at, self._clock())
