@@ -14,8 +14,10 @@ from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 # A power of two, so that bucket times are exact: a bucket is never due before the
-# times it holds, however the float division rounds.
-GRANULARITY = 0.125
+# times it holds, however the float division rounds. Fine enough that renewals stay
+# spread out as their jitter intends: at 1/8 s, ~100 renewals a second came a dozen
+# at once and the requests next to them saw it (p99 1.26 times steady in bench/).
+GRANULARITY = 1 / 64
 
 K = TypeVar("K", bound=Hashable)
 
