@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -121,6 +122,7 @@ class Sample:
     rss_bytes: int
     layout: str
     other_cores: float  # CPU used by programs the harness did not start (noise)
+    probe_ms: float = math.nan  # machine_speed_probe() just before the run
 
     @property
     def rps(self) -> float:
@@ -162,6 +164,7 @@ def measure(
     if warmup > 0:
         run_wrk(base_url, tokens, replace(load, duration=warmup))
         time.sleep(0.2)
+    probe = machine_speed_probe()
     measured, everything = pids(), bench_pids()
     before = cpu_by_process(measured)
     ours_before, busy_before = cpu_seconds(everything) + harness_seconds(), system_busy_seconds()
@@ -182,4 +185,30 @@ def measure(
         rss_bytes=rss_bytes(measured),
         layout=layout,
         other_cores=max(0.0, other / result.duration_s) if result.duration_s else 0.0,
+        probe_ms=probe,
     )
+
+
+PROBE_LOOPS = 300_000
+
+
+def machine_speed_probe() -> float:
+    """Milliseconds a fixed pure-Python loop takes on the slowest CPU, right now.
+
+    A virtual machine's speed changes with its neighbours (by 2x here within minutes,
+    unseen by /proc/stat), and runs measured minutes apart are compared: a run whose
+    probe is well above the run's fastest probe measured a slower machine.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    slowest = 0.0
+    try:
+        for cpu in cpus:
+            os.sched_setaffinity(0, {cpu})
+            started = time.perf_counter()
+            total = 0
+            for i in range(PROBE_LOOPS):
+                total += i * i % 7
+            slowest = max(slowest, time.perf_counter() - started)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    return slowest * 1000

@@ -211,7 +211,8 @@ def _run_matrix(
                     f"{name} [{done}/{total}] {connections} conns, {ROW_LABELS[row.key]}: "
                     f"{sample.rps:,.0f} req/s, p50 {sample.wrk.p50_ms:.2f} ms, "
                     f"p99 {sample.wrk.p99_ms:.2f} ms, {sample.cores:.2f} cores,"
-                    f" other load {sample.other_cores:.2f} cores" + _errors(sample)
+                    f" other load {sample.other_cores:.2f} cores, probe {sample.probe_ms:.1f} ms"
+                    + _errors(sample)
                 )
 
 

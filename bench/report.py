@@ -88,8 +88,8 @@ def profile_table(result: ProfileResult) -> list[str]:
     lines = [
         f"| conns | server | req/s | {TIMES} nginx | {TIMES} direct | p50 ms | p99 ms"
         " | Δp50 vs direct | Δp99 vs direct | CPU µs/req | req/s per CPU-s | cores used"
-        " | RSS MB | errors | other load |",
-        "|" + "---|" * 15,
+        " | RSS MB | errors | other load | probe ms |",
+        "|" + "---|" * 16,
     ]
     layouts = {}
     splits = {}
@@ -118,6 +118,7 @@ def profile_table(result: ProfileResult) -> list[str]:
                 paired(samples, conns, row, lambda s: s.rss_bytes / 2**20).text(1),
                 str(sum(s.wrk.non_2xx + s.wrk.socket_errors for s in mine)),
                 paired(samples, conns, row, lambda s: s.other_cores).text(2),
+                paired(samples, conns, row, lambda s: s.probe_ms).text(1),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")

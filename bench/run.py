@@ -15,6 +15,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
 import shutil
@@ -128,6 +129,10 @@ def _version(argv: list[str]) -> str:
     return (done.stdout + done.stderr).strip().splitlines()[0] if done.stdout + done.stderr else "?"
 
 
+# A run whose speed probe took this many times the run's fastest measured a slow machine.
+SLOW_MACHINE = 1.15
+
+
 def _noise(profiles: dict[str, ProfileResult], expiry: list[ExpiryRun]) -> str:
     loads = [s.other_cores for p in profiles.values() for s in p.samples]
     loads += [run.sample.other_cores for run in expiry]
@@ -141,6 +146,20 @@ def _noise(profiles: dict[str, ProfileResult], expiry: list[ExpiryRun]) -> str:
     )
     if busy:
         line += " (a shared machine: numbers from those runs are noisier)"
+    probes = sorted(s.probe_ms for p in profiles.values() for s in p.samples)
+    probes += sorted(run.sample.probe_ms for run in expiry)
+    probes = sorted(probe for probe in probes if not math.isnan(probe))
+    if probes:
+        fastest, median = probes[0], probes[len(probes) // 2]
+        slow = sum(probe > SLOW_MACHINE * fastest for probe in probes)
+        line += (
+            f"\n- machine speed (`probe ms`, a fixed Python loop on the slowest CPU just before"
+            f" each run): fastest {fastest:.1f} ms, median {median:.1f}, slowest"
+            f" {probes[-1]:.1f}; {slow} runs measured a machine more than"
+            f" {SLOW_MACHINE - 1:.0%} slower than its fastest"
+        )
+        if slow:
+            line += " (compare ratios within a repeat, and prefer a rerun when it is steady)"
     return line
 
 
