@@ -9,9 +9,10 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-def slack_for(bound: int) -> int:
-    """How far below its bound a full cache is trimmed: trims stay amortised O(1)."""
-    return max(1, bound // 64)
+def trim_target(bound: int) -> int:
+    """How many entries a cache past its bound keeps: a little fewer than the bound, so
+    that trims stay amortised O(1); never none, so the newest entry always stays."""
+    return max(1, bound - max(1, bound // 64))
 
 
 def trimmed(entries: dict[K, V], keep: int, live: Callable[[V], bool]) -> dict[K, V]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from broker.bounded import slack_for, trimmed
+from broker.bounded import trim_target, trimmed
 from broker.credentials import TokenKey, valid_id
 from broker.errors import Unauthenticated
 from broker.settings import SessionSettings
@@ -119,7 +119,7 @@ class SessionAuthority:
         self._verified[digest] = session
         if len(self._verified) > self._verified_bound:
             now, leeway = self._clock(), self._settings.leeway
-            keep = self._verified_bound - slack_for(self._verified_bound)
+            keep = trim_target(self._verified_bound)
             self._verified = trimmed(self._verified, keep, lambda s: now < s.expires_at + leeway)
         return session
 

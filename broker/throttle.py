@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable
 
-from broker.bounded import slack_for, trimmed
+from broker.bounded import trim_target, trimmed
 from broker.errors import TooManyRequests
 from broker.settings import IpNetwork
 
@@ -35,7 +35,7 @@ class TokenBuckets:
         self._tolerance = burst * self._interval
         self._clock = clock
         self._arrival: dict[str | bytes, float] = {}  # in order of last use: oldest first
-        self._keep = MAX_TRACKED_KEYS - slack_for(MAX_TRACKED_KEYS)
+        self._keep = trim_target(MAX_TRACKED_KEYS)
         self._forget_idle_at = clock() + FORGET_IDLE_EVERY
 
     def take(self, key: str | bytes) -> None:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from broker.bounded import slack_for, trimmed
+from broker.bounded import trim_target, trimmed
 from broker.credentials import CheckoutToken, TokenKey
 
 
@@ -41,7 +41,7 @@ class MemoryTokenStore:
     def __init__(self, max_entries: int, clock: Callable[[], float] = time.time) -> None:
         self._entries: dict[TokenKey, CheckoutToken] = {}
         self._max_entries = max_entries
-        self._keep = max_entries - slack_for(max_entries)
+        self._keep = trim_target(max_entries)
         self._clock = clock
 
     def get(self, key: TokenKey) -> CheckoutToken | None:

@@ -111,3 +111,13 @@ def test_the_verified_session_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) 
         assert authority.verify(token_).key == key(tokens.index(token_))
     assert len(authority._verified) <= 64
     assert authority.verify(tokens[0]).key == key(0)  # evicted ones verify again
+
+
+def test_a_one_entry_store_keeps_the_newest() -> None:
+    clock = Clock()
+    store = MemoryTokenStore(max_entries=1, clock=clock)
+    first, second = token(clock.now, lifetime=100), token(clock.now, lifetime=100)
+    store.put(key(1), first)
+    store.put(key(2), second)
+    assert store.get(key(1)) is None
+    assert store.get(key(2)) is second
