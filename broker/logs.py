@@ -10,9 +10,12 @@ messages, and renders tracebacks without frame locals (they hold bearer tokens).
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import sys
+import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import orjson
@@ -111,7 +114,7 @@ def configure_logging(
         tracebacks = structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
         )
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    timestamper = IsoTimestamp()
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[
@@ -150,6 +153,27 @@ def configure_logging(
     root.setLevel(numeric_level)
     # The canonical request_finished line replaces aiohttp's access lines.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class IsoTimestamp:
+    """``timestamp`` as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it
+    (``2026-11-28T09:45:15.123456Z``), with the date and time formatted once a second
+    rather than on every line (a third of the stamper's cost on the hot line); the
+    microseconds are always written, also when they are zero."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        now = self._clock()
+        second = int(now)
+        if second != self._second:
+            moment = datetime.datetime.fromtimestamp(second, tz=datetime.UTC)
+            self._second, self._prefix = second, moment.strftime("%Y-%m-%dT%H:%M:%S")
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
 
 
 def _dumps(value: Any, **_kwargs: Any) -> str:

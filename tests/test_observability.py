@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 from dataclasses import replace
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker import __version__
+from broker.logs import IsoTimestamp
 from tests.conftest import BrokerClient, LogCapture, MakeBroker, MakeSandbox, new_session
 from tests.helpers import API_KEY, Sandbox, auth, make_settings
 
@@ -235,3 +237,15 @@ async def test_rejected_credentials_give_503_not_a_retry_storm(
     stats = await sandbox.stats()
     # The first failure starts a backoff: no token-endpoint call per request.
     assert stats["requests_per_path"].get("POST /oauth/token", 0) <= 3
+
+
+def test_timestamps_are_utc_iso_with_microseconds() -> None:
+    moments = iter([1_795_000_000.25, 1_795_000_000.5, 1_795_000_001.0])
+    stamp = IsoTimestamp(clock=lambda: next(moments))
+    stamps = [stamp(None, "info", {})["timestamp"] for _ in range(3)]
+    expected = [
+        datetime.datetime.fromtimestamp(t, tz=datetime.UTC).isoformat().replace("+00:00", "Z")
+        for t in (1_795_000_000.25, 1_795_000_000.5)
+    ]
+    assert stamps[:2] == expected  # what structlog's TimeStamper(fmt="iso", utc=True) writes
+    assert stamps[2] == "2026-11-18T11:06:41.000000Z"  # the next second; zero micros kept
