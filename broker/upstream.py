@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp import hdrs
 
 from broker import __version__
-from broker.errors import BadGateway, GatewayTimeout, ServiceUnavailable
+from broker.errors import BadGateway, BrokerError, GatewayTimeout, ServiceUnavailable
 from broker.metrics import Metrics
 from broker.settings import UpstreamSettings
 from broker.transport import UpstreamProtocolError, UpstreamUnreachable
@@ -69,25 +69,20 @@ class UpstreamCall:
     ) -> None:
         record, kind = self._record, self._kind
         record.elapsed = time.perf_counter() - self._started
+        error: BrokerError | None = None  # None: success, or not ours to translate
         if isinstance(exc, TimeoutError):  # ServerTimeoutError, ConnectionTimeoutError, ...
-            record.status = "timeout"
+            record.status, error = "timeout", GatewayTimeout(f"{kind} call timed out")
         elif isinstance(exc, aiohttp.ClientConnectorError | UpstreamUnreachable):
             record.status = "unreachable"
+            error = ServiceUnavailable(
+                f"{kind} upstream unreachable", retry_after=UNAVAILABLE_RETRY_AFTER
+            )
         elif isinstance(exc, aiohttp.ClientError | UpstreamProtocolError | ValueError):
             record.status = "invalid"  # ValueError: JSON
+            error = BadGateway(f"{kind} upstream sent an invalid answer")
         self._metrics.upstream_done(kind, record.status, record.elapsed)
-        if exc is None or record.status not in _TRANSLATED:
-            return  # success, or not ours to translate (cancellation, BrokerError, ...)
-        if record.status == "timeout":
-            raise GatewayTimeout(f"{kind} call timed out") from exc
-        if record.status == "unreachable":
-            raise ServiceUnavailable(
-                f"{kind} upstream unreachable", retry_after=UNAVAILABLE_RETRY_AFTER
-            ) from exc
-        raise BadGateway(f"{kind} upstream sent an invalid answer") from exc
-
-
-_TRANSLATED = frozenset({"timeout", "unreachable", "invalid"})
+        if error is not None:
+            raise error from exc
 
 
 class CallRecord:
