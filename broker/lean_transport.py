@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import ssl
 from collections import deque
@@ -36,18 +37,13 @@ _UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 
 # Field name -> sent (True) or framing we own (False); names are few and fixed by the
-# caller's allowlist, so each is judged once rather than per request.
-_SENT_FIELDS: dict[str, bool] = {}
-_MAX_REMEMBERED_FIELDS = 1024
-
-
-def _judge_field_name(name: str) -> bool:
+# caller's allowlist, so each is judged once rather than per request. An unsafe name
+# raises, and an exception is never cached: it is judged (and refused) every time.
+@functools.lru_cache(maxsize=1024)
+def _sent_field(name: str) -> bool:
     if not _TOKEN.fullmatch(name):
         raise ValueError(f"header {name!r} with unsafe characters")
-    sent = name.lower() not in _OWN_FIELDS
-    if len(_SENT_FIELDS) < _MAX_REMEMBERED_FIELDS:
-        _SENT_FIELDS[name] = sent
-    return sent
+    return name.lower() not in _OWN_FIELDS
 
 
 class Slots:
@@ -201,10 +197,7 @@ class LeanTransport:
         parts = [method, " ", target, " HTTP/1.1\r\nHost: ", self._host_field, "\r\n"]
         values = []
         for name, value in headers.items():
-            sent = _SENT_FIELDS.get(name)
-            if sent is None:
-                sent = _judge_field_name(name)
-            if sent:
+            if _sent_field(name):
                 parts += (name, ": ", value, "\r\n")
                 values.append(value)
         # One scan over every value (a tab cannot hide or fake an unsafe character).

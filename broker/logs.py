@@ -11,6 +11,7 @@ messages, and renders tracebacks without frame locals (they hold bearer tokens).
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import re
 import sys
@@ -40,10 +41,7 @@ def redact_text(text: str) -> str:
 def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Scrub secrets from every field: by name, and by shape for anything textual."""
     for name, value in event_dict.items():
-        secret_name = _SECRET_NAME_VERDICTS.get(name)
-        if secret_name is None:
-            secret_name = _judge_name(name)
-        if secret_name:
+        if _secret_name(name):
             event_dict[name] = "<redacted>"
         elif isinstance(value, str) and ("eyJ" in value or "earer" in value or "asic" in value):
             event_dict[name] = redact_text(value)
@@ -52,16 +50,10 @@ def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> Event
 
 # Field names are few and fixed by the code, so each is judged once (this runs for
 # every field of every line: judging by substring each time was half a line's cost).
-_SECRET_NAME_VERDICTS: dict[str, bool] = {}
-_MAX_REMEMBERED_NAMES = 4096
-
-
-def _judge_name(name: str) -> bool:
+@functools.lru_cache(maxsize=4096)
+def _secret_name(name: str) -> bool:
     lowered = name.lower()
-    verdict = lowered not in _SAFE_NAMES and any(s in lowered for s in _SECRET_NAMES)
-    if len(_SECRET_NAME_VERDICTS) < _MAX_REMEMBERED_NAMES:
-        _SECRET_NAME_VERDICTS[name] = verdict
-    return verdict
+    return lowered not in _SAFE_NAMES and any(s in lowered for s in _SECRET_NAMES)
 
 
 def scrub_aiohttp_records(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
