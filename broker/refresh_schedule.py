@@ -26,12 +26,10 @@ class RefreshSchedule(Generic[K]):
     def __init__(self) -> None:
         self._buckets: dict[int, list[K]] = {}
         self._order: list[int] = []  # bucket numbers, a heap
-        self._size = 0
 
     def add(self, when: float, key: K) -> bool:
         """Look at *key* at *when*; True if that is now the earliest time scheduled."""
         slot = math.ceil(when / GRANULARITY)
-        self._size += 1
         bucket = self._buckets.get(slot)
         if bucket is not None:
             bucket.append(key)
@@ -50,8 +48,7 @@ class RefreshSchedule(Generic[K]):
         due: list[K] = []
         while self._order and self._order[0] * GRANULARITY <= now:
             due += self._buckets.pop(heapq.heappop(self._order))
-        self._size -= len(due)
         return due
 
     def __len__(self) -> int:
-        return self._size
+        return sum(map(len, self._buckets.values()))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from broker.bounded import trimmed
+
 MAX_REVOKED_CUSTOMERS = 100_000
 
 
@@ -24,10 +26,11 @@ class Revocations:
         before = self._clock() if before is None else before
         latest = max(before, self._revoked.pop(customer_id, 0.0))
         if len(self._revoked) >= MAX_REVOKED_CUSTOMERS:
-            self._forget_expired()
-            if len(self._revoked) >= MAX_REVOKED_CUSTOMERS:
-                # Full of live revocations: the oldest goes, as an LRU cache would.
-                del self._revoked[next(iter(self._revoked))]
+            # Full: the expired go, then (full of live ones) the oldest, as an LRU would.
+            cutoff = self._clock() - self._session_ttl
+            self._revoked = trimmed(
+                self._revoked, MAX_REVOKED_CUSTOMERS - 1, lambda revoked: revoked > cutoff
+            )
         self._revoked[customer_id] = latest
         return before
 
@@ -42,8 +45,3 @@ class Revocations:
             del self._revoked[customer_id]
             return False
         return issued_at <= before
-
-    def _forget_expired(self) -> None:
-        cutoff = self._clock() - self._session_ttl
-        for customer_id in [c for c, before in self._revoked.items() if before <= cutoff]:
-            del self._revoked[customer_id]
