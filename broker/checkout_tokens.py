@@ -122,7 +122,7 @@ class CheckoutTokens:
 
     async def get(self, key: TokenKey) -> Lookup:
         """A token that may be forwarded now; waits on a mint only when none is cached."""
-        return self.cached(key) or await self._wait_for_mint(key)
+        return self.cached(key) or await self.wait_for_mint(key)
 
     async def replace_rejected(self, key: TokenKey, rejected: CheckoutToken) -> Lookup:
         """The upstream refused *rejected*: evict it (if still cached) and get another."""
@@ -131,7 +131,7 @@ class CheckoutTokens:
         current = self._store.get(key)
         if current is not None and current is not rejected:
             return await self.get(key)  # another request already replaced it
-        return await self._wait_for_mint(key)
+        return await self.wait_for_mint(key)
 
     def evict_customer(self, customer_id: str) -> int:
         keys = self._store.keys_of_customer(customer_id)
@@ -139,7 +139,8 @@ class CheckoutTokens:
             self._store.discard(key)
         return len(keys)
 
-    async def _wait_for_mint(self, key: TokenKey) -> Lookup:
+    async def wait_for_mint(self, key: TokenKey) -> Lookup:
+        """Join the mint in flight for *key*, or start one: for when ``cached`` had none."""
         task = self._inflight.get(key)
         if task is None:
             outcome, task = MINTED, self._start_mint(key, ahead=False)

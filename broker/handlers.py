@@ -138,7 +138,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     url = upstream_url(gateway.settings.upstream.base_url, raw_path, raw_query)
     tokens = gateway.connected.tokens
 
-    lookup = tokens.cached(session.key) or await tokens.get(session.key)
+    lookup = tokens.cached(session.key) or await tokens.wait_for_mint(session.key)
     exchange.token_outcome = lookup.outcome
     upstream = await _send(gateway, request, exchange, url, body, lookup.token.value)
     if upstream.status == 401:
