@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -19,25 +20,16 @@ def _exposition(registry: CollectorRegistry) -> str:
     return re.sub(r"(_created(?:\{[^}]*\})?) \S+", r"\1 <time>", text)
 
 
-def _fill_prometheus_client(registry: CollectorRegistry) -> None:
-    counter = Counter("x_requests_total", "Requests.", ("route", "status"), registry=registry)
-    histogram = Histogram("x_seconds", "Time.", ("route",), registry=registry, buckets=BUCKETS)
-    gauge = Gauge("x_inflight", "In flight.", registry=registry)
-    counter.labels(route="/a", status="200").inc()
-    counter.labels(route="/a", status="200").inc(2)
-    counter.labels(route="/b", status="404").inc()
-    for value in OBSERVATIONS:
-        histogram.labels(route="/a").observe(value)
-    histogram.labels(route="/b").observe(0.2)
-    gauge.inc()
-    gauge.inc()
-    gauge.dec()
-
-
-def _fill_loop(registry: CollectorRegistry) -> None:
-    counter = LoopCounter("x_requests_total", "Requests.", ("route", "status"), registry)
-    histogram = LoopHistogram("x_seconds", "Time.", ("route",), registry, BUCKETS)
-    gauge = LoopGauge("x_inflight", "In flight.", registry)
+def _fill(registry: CollectorRegistry, *, loop: bool) -> None:
+    """The same metrics and updates, through prometheus_client's types or ours."""
+    if loop:
+        counter: Any = LoopCounter("x_requests_total", "Requests.", ("route", "status"), registry)
+        histogram: Any = LoopHistogram("x_seconds", "Time.", ("route",), registry, BUCKETS)
+        gauge: Any = LoopGauge("x_inflight", "In flight.", registry)
+    else:
+        counter = Counter("x_requests_total", "Requests.", ("route", "status"), registry=registry)
+        histogram = Histogram("x_seconds", "Time.", ("route",), registry=registry, buckets=BUCKETS)
+        gauge = Gauge("x_inflight", "In flight.", registry=registry)
     counter.labels(route="/a", status="200").inc()
     counter.labels(route="/a", status="200").inc(2)
     counter.labels(route="/b", status="404").inc()
@@ -51,14 +43,14 @@ def _fill_loop(registry: CollectorRegistry) -> None:
 
 def test_exposition_is_identical_to_prometheus_client() -> None:
     reference, loop = CollectorRegistry(), CollectorRegistry()
-    _fill_prometheus_client(reference)
-    _fill_loop(loop)
+    _fill(reference, loop=False)
+    _fill(loop, loop=True)
     assert _exposition(loop) == _exposition(reference)
 
 
 def test_values_read_back_through_the_registry() -> None:
     registry = CollectorRegistry()
-    _fill_loop(registry)
+    _fill(registry, loop=True)
     sample = registry.get_sample_value
     assert sample("x_requests_total", {"route": "/a", "status": "200"}) == 3
     assert sample("x_seconds_bucket", {"route": "/a", "le": "0.001"}) == 2  # "<=" bound
