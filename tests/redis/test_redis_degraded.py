@@ -35,15 +35,20 @@ def redis_events(logs: list[MutableMapping[str, Any]]) -> list[object]:
     return [entry["event"] for entry in logs if str(entry["event"]).startswith("redis_")]
 
 
+def own_redis(cache_settings: CacheSettings, tmp_path: Path) -> tuple[RedisServer, CacheSettings]:
+    """A redis-server of this test's own (not started yet) and settings pointing at it."""
+    port = free_port()
+    settings = dataclasses.replace(cache_settings, redis_url=f"redis://127.0.0.1:{port}/0")
+    executable = redis_executable()
+    assert executable is not None
+    return RedisServer(executable, port, tmp_path), settings
+
+
 async def test_a_replica_started_without_redis_serves_alone_then_rejoins(
     make_backend: MakeBackend, cache_settings: CacheSettings, tmp_path: Path
 ) -> None:
-    port = free_port()
-    settings = dataclasses.replace(cache_settings, redis_url=f"redis://127.0.0.1:{port}/0")
+    server, settings = own_redis(cache_settings, tmp_path)
     registry = CollectorRegistry()
-    executable = redis_executable()
-    assert executable is not None
-    server = RedisServer(executable, port, tmp_path)
     with capture_logs() as logs:
         alone = await make_backend(settings, metrics=Metrics.create(registry))
         assert alone.degraded
@@ -77,11 +82,7 @@ async def test_a_replica_started_without_redis_serves_alone_then_rejoins(
 async def test_redis_dying_mid_flight_degrades_once_and_nothing_fails(
     make_backend: MakeBackend, cache_settings: CacheSettings, tmp_path: Path
 ) -> None:
-    port = free_port()
-    settings = dataclasses.replace(cache_settings, redis_url=f"redis://127.0.0.1:{port}/0")
-    executable = redis_executable()
-    assert executable is not None
-    server = RedisServer(executable, port, tmp_path)
+    server, settings = own_redis(cache_settings, tmp_path)
     await asyncio.to_thread(server.start)
     try:
         replica = await make_backend(settings)
@@ -138,11 +139,7 @@ async def test_a_redis_that_never_answers_costs_one_timeout_at_start(
 async def test_while_redis_is_down_each_replica_spends_only_its_share_of_the_rate(
     make_backend: MakeBackend, cache_settings: CacheSettings, tmp_path: Path
 ) -> None:
-    port = free_port()
-    settings = dataclasses.replace(cache_settings, redis_url=f"redis://127.0.0.1:{port}/0")
-    executable = redis_executable()
-    assert executable is not None
-    server = RedisServer(executable, port, tmp_path)
+    server, settings = own_redis(cache_settings, tmp_path)
     await asyncio.to_thread(server.start)
     try:
         replicas = [await make_backend(settings, rate=6.0) for _ in range(3)]
