@@ -105,6 +105,29 @@ async def wait_ready(url: str, process: asyncio.subprocess.Process, within: floa
     raise AssertionError("the broker never became ready")
 
 
+async def start_broker(
+    processes: list[asyncio.subprocess.Process], port: int, *argv: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Run *argv* (a broker listening on *port*) until ready; stopped by ``processes``."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    processes.append(process)
+    url = f"http://127.0.0.1:{port}"
+    await wait_ready(url, process)
+    return process, url
+
+
+async def alice_session(http: aiohttp.ClientSession, url: str, api_key: str) -> str:
+    async with http.post(
+        url + "/v1/checkout-auth/init",
+        json={"customer_id": "cus_alice", "invoice_id": "inv_alice_1"},
+        headers=auth(api_key),
+    ) as response:
+        token: str = (await response.json())["token"]
+    return token
+
+
 @pytest.fixture
 async def processes() -> AsyncIterator[list[asyncio.subprocess.Process]]:
     started: list[asyncio.subprocess.Process] = []
@@ -119,20 +142,12 @@ async def test_serve_sandbox_runs_the_quick_start(
     unused_tcp_port_factory: Callable[[], int], processes: list[asyncio.subprocess.Process]
 ) -> None:
     port, sandbox_port = unused_tcp_port_factory(), unused_tcp_port_factory()
-    process = await asyncio.create_subprocess_exec(
+    process, url = await start_broker(
+        processes, port,
         *BROKER, "serve", "--sandbox", "--port", str(port), "--sandbox-port", str(sandbox_port),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    processes.append(process)
-    url = f"http://127.0.0.1:{port}"
-    await wait_ready(url, process)
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            url + "/v1/checkout-auth/init",
-            json={"customer_id": "cus_alice", "invoice_id": "inv_alice_1"},
-            headers=auth("sandbox-demo-api-key"),
-        ) as response:
-            token = (await response.json())["token"]
+        token = await alice_session(http, url, "sandbox-demo-api-key")
         async with http.get(url + "/checkout/invoice", headers=auth(token)) as response:
             assert response.status == 200
             assert (await response.json())["id"] == "inv_alice_1"
@@ -156,20 +171,9 @@ async def test_sigterm_drains_a_slow_in_flight_request_then_exits_zero(
     port = unused_tcp_port_factory()
     config = write_config(tmp_path, str(sandbox.url), port)
     executable = str(Path(sys.executable).parent / "token-broker")
-    process = await asyncio.create_subprocess_exec(
-        executable, "serve", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    processes.append(process)
-    url = f"http://127.0.0.1:{port}"
-    await wait_ready(url, process)
+    process, url = await start_broker(processes, port, executable, "serve", "--config", str(config))
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            url + "/v1/checkout-auth/init",
-            json={"customer_id": "cus_alice", "invoice_id": "inv_alice_1"},
-            headers=auth(API_KEY),
-        ) as response:
-            token = (await response.json())["token"]
+        token = await alice_session(http, url, API_KEY)
         async with http.get(url + "/checkout/invoice", headers=auth(token)) as response:
             assert response.status == 200  # warm: the slow call below is the proxy itself
         await sandbox.faults(latency_ms=2000)
