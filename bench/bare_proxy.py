@@ -1,22 +1,40 @@
-"""The "bare aiohttp proxy": the least an aiohttp gateway does, as a reference point.
+"""The "bare aiohttp proxy", and the two floors under the broker: reference points.
 
-    python bench/bare_proxy.py --port P --upstream http://127.0.0.1:U
+    python bench/bare_proxy.py --port P --upstream http://127.0.0.1:U [--mode MODE]
 
-One ClientSession (aiohttp's defaults), every request forwarded with its method, path,
-query and body and a fixed ``Authorization`` header; the answer is read whole and sent
-back with its status and content type. No token logic, no logging, no metrics.
+``--mode forward`` (the default, "bare aiohttp proxy"): one ClientSession (aiohttp's
+defaults, asyncio's loop), every request forwarded with its method, path, query and body
+and a fixed ``Authorization`` header; the answer is read whole and sent back with its
+status and content type. No token logic, no logging, no metrics.
+
+The floors run as the broker does (uvloop when installed) and measure what no broker
+code can go below while it keeps aiohttp's server:
+
+- ``--mode lean`` ("floor: aiohttp server + lean client"): the same forwarding through
+  the broker's own lean transport (``broker.lean_transport``), nothing else;
+- ``--mode answer`` ("floor: aiohttp server alone"): the invoice JSON answered at once,
+  no upstream call at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
+
+from broker.lean_transport import LeanTransport
+from broker.server import run_loop
+from broker.settings import UpstreamSettings
 
 FIXED_BEARER = "Bearer bench-fixed-upstream-token"
+INVOICE = (Path(__file__).resolve().parent / "payloads" / "invoice.json").read_bytes()
 session_key = web.AppKey("session", aiohttp.ClientSession)
+lean_key = web.AppKey("lean", LeanTransport)
 upstream_key = web.AppKey("upstream", str)
 
 
@@ -33,22 +51,67 @@ async def forward(request: web.Request) -> web.Response:
         )
 
 
+async def forward_lean(request: web.Request) -> web.Response:
+    body = await request.read() if request.can_read_body else None
+    headers = {"Authorization": FIXED_BEARER, "Accept": request.headers.get("Accept", "*/*")}
+    url = URL(request.app[upstream_key] + request.raw_path, encoded=True)
+    upstream = await request.app[lean_key].send(request.method, url, headers, body)
+    try:
+        payload = await upstream.read_exactly(upstream.content_length or 0)
+        content_type = upstream.headers.get("Content-Type", "application/octet-stream")
+        return web.Response(body=payload, status=upstream.status, content_type=content_type)
+    finally:
+        upstream.release()
+
+
+async def answer(_request: web.Request) -> web.Response:
+    return web.Response(body=INVOICE, content_type="application/json")
+
+
 async def client_session(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession() as session:
         app[session_key] = session
         yield
 
 
+async def lean_transport(app: web.Application) -> AsyncIterator[None]:
+    settings = UpstreamSettings(
+        base_url=URL(app[upstream_key]), client_id="bench", client_secret="bench"
+    )
+    app[lean_key] = LeanTransport(settings)
+    yield
+    await app[lean_key].close()
+
+
+async def serve_on_uvloop(app: web.Application, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await asyncio.Event().wait()  # until SIGTERM ends the process
+    finally:
+        await runner.cleanup()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
+    parser.add_argument("--mode", choices=("forward", "lean", "answer"), default="forward")
     args = parser.parse_args()
     app = web.Application()
     app[upstream_key] = args.upstream.rstrip("/")
-    app.cleanup_ctx.append(client_session)
-    app.router.add_route("*", "/{tail:.*}", forward)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+    if args.mode == "forward":
+        app.cleanup_ctx.append(client_session)
+        app.router.add_route("*", "/{tail:.*}", forward)
+        web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+        return
+    if args.mode == "lean":
+        app.cleanup_ctx.append(lean_transport)
+        app.router.add_route("*", "/{tail:.*}", forward_lean)
+    else:
+        app.router.add_route("*", "/{tail:.*}", answer)
+    run_loop(serve_on_uvloop(app, args.port))
 
 
 if __name__ == "__main__":

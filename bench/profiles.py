@@ -26,7 +26,12 @@ ROW_LABELS = {
     "broker1": "broker, 1 worker",
     "broker2": "broker, 2 workers",
     "broker1_info": "broker, 1 worker, log level info",
+    "floor_lean": "floor: aiohttp server + lean client",
+    "floor_server": "floor: aiohttp server alone",
 }
+# Measured at the first connection count of the fast profile only: what the broker
+# could reach at best while it keeps aiohttp's server (see bench/bare_proxy.py).
+FLOOR_MODES = {"floor_lean": "lean", "floor_server": "answer"}
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,9 @@ def run_profile(name: str, settings: RunSettings, progress: Callable[[str], None
         if "broker1_info" in brokers:
             info = brokers["broker1_info"]
             rows.append(Row("broker1_info", info, (info.proc,), True, settings.connections[:1]))
+            for key, mode in FLOOR_MODES.items():
+                floor = launcher.bare_proxy(f"{name}-{key}", upstream, mode)
+                rows.append(Row(key, floor, (floor.proc,), True, settings.connections[:1]))
         _run_matrix(name, settings, procs, rows, tokens, result, progress, slow=slow)
         stats = sandbox_stats(sandbox)
         result.mints.update(_mint_summary(stats, caches=4 if not slow else 3))

@@ -106,12 +106,12 @@ class Launcher:
         wait_until_ok(proc, port, probe)
         return Server(name, port, proc)
 
-    def bare_proxy(self, name: str, upstream: Server) -> Server:
+    def bare_proxy(self, name: str, upstream: Server, mode: str = "forward") -> Server:
+        """``mode``: "forward" (the bare aiohttp proxy), "lean" or "answer" (the floors)."""
         port = free_port()
         script = str(BENCH_DIR / "bare_proxy.py")
-        proc = self._start(
-            name, [self.python, script, "--port", str(port), "--upstream", upstream.base_url]
-        )
+        argv = [self.python, script, "--port", str(port), "--upstream", upstream.base_url]
+        proc = self._start(name, [*argv, "--mode", mode])
         wait_until_ok(proc, port, "/checkout/invoice")
         return Server(name, port, proc)
 
