@@ -22,8 +22,6 @@ MAX_LOGGED_PATH = 256
 
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if not log.is_enabled_for(logging.INFO):
-            return  # the fields below cost a few µs per request for nothing
         exchange = request.get(exchange_key)
         path = request.raw_path.partition("?")[0][:MAX_LOGGED_PATH]
         fields: dict[str, object] = {
@@ -50,4 +48,6 @@ class AccessLogger(AbstractAccessLogger):
 
     @property
     def enabled(self) -> bool:
-        return True
+        # Read by aiohttp once per connection: below info it then neither times the
+        # requests nor calls log(), which would build the fields for nothing.
+        return bool(log.is_enabled_for(logging.INFO))

@@ -69,20 +69,27 @@ class UpstreamCall:
     ) -> None:
         record, kind = self._record, self._kind
         record.elapsed = time.perf_counter() - self._started
-        error: BrokerError | None = None  # None: success, or not ours to translate
-        if isinstance(exc, TimeoutError):  # ServerTimeoutError, ConnectionTimeoutError, ...
-            record.status, error = "timeout", GatewayTimeout(f"{kind} call timed out")
-        elif isinstance(exc, aiohttp.ClientConnectorError | UpstreamUnreachable):
-            record.status = "unreachable"
-            error = ServiceUnavailable(
-                f"{kind} upstream unreachable", retry_after=UNAVAILABLE_RETRY_AFTER
-            )
-        elif isinstance(exc, aiohttp.ClientError | UpstreamProtocolError | ValueError):
-            record.status = "invalid"  # ValueError: JSON
-            error = BadGateway(f"{kind} upstream sent an invalid answer")
+        error = None if exc is None else _translated(exc, kind, record)
         self._metrics.upstream_done(kind, record.status, record.elapsed)
         if error is not None:
             raise error from exc
+
+
+def _translated(exc: BaseException, kind: str, record: CallRecord) -> BrokerError | None:
+    """The broker's error for a failed call, naming its class in ``record.status``; None
+    when *exc* is not ours to translate (cancellation, a bug)."""
+    if isinstance(exc, TimeoutError):  # ServerTimeoutError, ConnectionTimeoutError, ...
+        record.status = "timeout"
+        return GatewayTimeout(f"{kind} call timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError | UpstreamUnreachable):
+        record.status = "unreachable"
+        return ServiceUnavailable(
+            f"{kind} upstream unreachable", retry_after=UNAVAILABLE_RETRY_AFTER
+        )
+    if isinstance(exc, aiohttp.ClientError | UpstreamProtocolError | ValueError):
+        record.status = "invalid"  # ValueError: JSON
+        return BadGateway(f"{kind} upstream sent an invalid answer")
+    return None
 
 
 class CallRecord:
