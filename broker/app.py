@@ -14,7 +14,7 @@ from broker.access_log import AccessLogger
 from broker.gateway import Gateway
 from broker.keys import admin_key_key, gateway_key, registry_key
 from broker.metrics import Metrics
-from broker.middlewares import front_door
+from broker.middlewares import add_unmatched, front_door
 from broker.sessions import ApiKeys
 from broker.settings import Settings
 
@@ -29,27 +29,25 @@ def create_app(
 ) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
     gateway = Gateway(settings, Metrics.create(registry))
-    app = web.Application(
-        middlewares=[front_door(public=True)],
-        client_max_size=settings.limits.max_body_bytes,
-    )
+    app = web.Application(client_max_size=settings.limits.max_body_bytes)
     app[gateway_key] = gateway
     app[registry_key] = registry
     app.cleanup_ctx.append(_gateway_lifetime)
     app.on_shutdown.append(_stop_being_ready)
 
-    router = app.router
-    router.add_get("/healthz", handlers.health)
-    router.add_get("/readyz", handlers.readiness)
-    router.add_get("/.well-known/jwks.json", handlers.jwks)
+    router, door = app.router, front_door(public=True)
+    router.add_get("/healthz", door(handlers.health))
+    router.add_get("/readyz", door(handlers.readiness))
+    router.add_get("/.well-known/jwks.json", door(handlers.jwks))
     if serve_metrics:
-        router.add_get("/metrics", make_aiohttp_handler(registry))
+        router.add_get("/metrics", door(make_aiohttp_handler(registry)))
     for path in SESSION_INIT_PATHS:
-        router.add_post(path, handlers.issue_session)
+        router.add_post(path, door(handlers.issue_session))
     for prefix in settings.upstream.proxy_prefixes:
         # [\s\S]: aiohttp matches the *decoded* path, and "." would let an encoded
         # newline fall through to a 404 instead of the path checks' 400.
-        router.add_route("*", prefix + "{tail:[\\s\\S]*}", handlers.proxy)
+        router.add_route("*", prefix + "{tail:[\\s\\S]*}", door(handlers.proxy))
+    add_unmatched(router, door)
     return app
 
 
@@ -71,12 +69,14 @@ def runner_options(settings: Settings) -> dict[str, Any]:
 def create_admin_app(main: web.Application) -> web.Application:
     """A separate application sharing *main*'s gateway (tokens, revocations)."""
     gateway = main[gateway_key]
-    app = web.Application(middlewares=[front_door(public=False)])
+    app = web.Application()
     app[gateway_key] = gateway
     app[admin_key_key] = ApiKeys((gateway.settings.admin.api_key,))
     path = "/admin/v1/customers/{customer_id}/tokens"
-    app.router.add_get(path, admin.customer_tokens)
-    app.router.add_delete(path, admin.revoke_customer)
+    door = front_door(public=False)
+    app.router.add_get(path, door(admin.customer_tokens))
+    app.router.add_delete(path, door(admin.revoke_customer))
+    add_unmatched(app.router, door)
     return app
 
 

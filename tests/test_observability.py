@@ -81,6 +81,29 @@ async def test_metrics_hold_every_design_name_with_exact_counts(
     assert sample(families, "broker_build_info", version=__version__) == 1
 
 
+async def test_paths_and_methods_no_route_takes_get_the_brokers_answer(
+    broker: BrokerClient,
+) -> None:
+    """The catch-all route: error shape, request id, headers and metrics as for any
+    other refusal, never aiohttp's plain-text 404/405."""
+    answers = {
+        ("GET", "/nowhere"): (404, "not_found"),
+        ("POST", "/healthz"): (405, "method_not_allowed"),
+        ("DELETE", "/v1/checkout-auth/init"): (405, "method_not_allowed"),
+    }
+    for (method, path), (status, code) in answers.items():
+        response = await broker.request(method, path)
+        assert response.status == status, (method, path)
+        assert (await response.json())["code"] == code
+        assert response.headers["X-Request-Id"]
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["Server"] == "token-broker"
+    families = await scrape(broker)
+    for method, _path in answers:
+        labels = {"route": "unmatched", "method": method}
+        assert sample(families, "broker_requests_total", **labels) == 1, method
+
+
 def series_count(text: str) -> int:
     return sum(len(f.samples) for f in text_string_to_metric_families(text))
 
