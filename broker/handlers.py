@@ -173,7 +173,7 @@ async def _send(
         request.headers, bearer=bearer, request_id=exchange.request_id
     )
     started = time.perf_counter()
-    async with UpstreamCall(gateway.metrics, "proxy") as record:
+    with UpstreamCall(gateway.metrics, "proxy") as record:
         response = await gateway.connected.transport.send(request.method, url, headers, body)
         record.status = str(response.status)
     exchange.upstream_status = response.status

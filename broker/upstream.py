@@ -46,7 +46,9 @@ class UpstreamCall:
 
     The body of the ``with`` sets ``record.status`` once response headers arrive. A
     class rather than an ``@asynccontextmanager``: this wraps every proxied request,
-    and a generator-based context manager costs several times more per use.
+    and a generator-based context manager costs several times more per use. Entering
+    and leaving await nothing, so the proxy uses it as a plain ``with`` (no coroutine
+    per step); ``async with`` works too, to share one statement with aiohttp's.
     """
 
     __slots__ = ("_kind", "_metrics", "_record", "_started")
@@ -57,11 +59,22 @@ class UpstreamCall:
         self._record = CallRecord()
         self._started = 0.0
 
-    async def __aenter__(self) -> CallRecord:
+    def __enter__(self) -> CallRecord:
         self._started = time.perf_counter()
         return self._record
 
+    async def __aenter__(self) -> CallRecord:
+        return self.__enter__()
+
     async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, traceback)
+
+    def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
