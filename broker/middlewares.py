@@ -194,6 +194,8 @@ def _guard(request: web.Request, gateway: Gateway) -> web.Response | None:
 def remote_address(request: web.Request) -> str:
     """The client's IP: X-Forwarded-For is believed only from trusted proxies."""
     trusted = request.app[gateway_key].settings.server.trusted_proxies
+    if not trusted:  # the usual case: the TCP peer, whatever X-Forwarded-For claims
+        return request.remote or "unknown"
     return client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
 
 

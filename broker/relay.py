@@ -38,6 +38,7 @@ HOP_BY_HOP = frozenset(
 # The only browser headers the upstream gets; everything else (Authorization, Cookie,
 # X-Forwarded-*, Origin, ...) stays at the broker.
 FORWARDED_REQUEST_HEADERS = ("Accept", "Accept-Language", "Content-Type", "Idempotency-Key")
+_FORWARDED = tuple((name, name.lower()) for name in FORWARDED_REQUEST_HEADERS)
 _SINGLE_VALUED = frozenset({"content-type", "idempotency-key"})
 # Never relayed to the browser: cookies, and fields the broker itself owns.
 _DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
@@ -51,14 +52,15 @@ _DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
 # CORS is the broker's to answer: every upstream Access-Control-* field is dropped.
 _DROPPED_RESPONSE_PREFIX = "access-control-"
 SMALL_BODY = 64 * 1024
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     """Header names listed in ``Connection``: hop-by-hop for this connection only."""
-    names: set[str] = set()
-    for value in headers.getall(hdrs.CONNECTION, ()):
-        names.update(token.strip().lower() for token in value.split(","))
-    return frozenset(names)
+    values = headers.getall(hdrs.CONNECTION, ())
+    if not values:  # most browser requests: HTTP/1.1 keeps the connection by default
+        return _NO_NAMES
+    return frozenset(token.strip().lower() for value in values for token in value.split(","))
 
 
 def upstream_request_headers(
@@ -66,8 +68,7 @@ def upstream_request_headers(
 ) -> dict[str, str]:
     named = connection_tokens(incoming)
     headers: dict[str, str] = {}
-    for name in FORWARDED_REQUEST_HEADERS:
-        lowered = name.lower()
+    for name, lowered in _FORWARDED:
         if lowered in named:
             continue
         values = incoming.getall(name, ())
