@@ -165,21 +165,20 @@ class UpstreamConnection(asyncio.Protocol):
         loop = self._loop
         self._waiter = waiter = loop.create_future()
         self._wait_started = loop.time()
-        self._timer = loop.call_at(self._wait_started + self._read_timeout, self._check_idle)
+        if self._timer is None:
+            self._timer = loop.call_at(self._wait_started + self._read_timeout, self._check_idle)
         try:
             await waiter
         finally:
             self._waiter = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
 
     def _check_idle(self) -> None:
-        # One timer per wait, pushed forward when bytes arrived since (cheaper than
-        # rescheduling it on every read).
+        # One timer per connection, not per wait: left running when a wait ends, and
+        # when it fires pushed forward to the current wait's deadline (or dropped when
+        # nobody waits). Arming and cancelling one per wait cost every request.
         self._timer = None
         if self._waiter is None or self._waiter.done():
-            return
+            return  # the next wait arms a new one
         deadline = max(self._last_read, self._wait_started) + self._read_timeout
         if self._loop.time() < deadline:
             self._timer = self._loop.call_at(deadline, self._check_idle)
@@ -258,6 +257,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:  # it would keep this connection alive until it fires
+            self._timer.cancel()
+            self._timer = None
         if self.in_flight and not self._complete and self._error is None:
             if not self._headers_done:
                 error: UpstreamUnreachable | UpstreamProtocolError = (

@@ -550,6 +550,33 @@ async def test_silence_mid_body_times_out_but_a_slow_drip_does_not(
     response.release()
 
 
+async def test_a_reused_connection_times_out_from_its_own_wait_not_an_earlier_one(
+    make_upstream: MakeUpstream,
+) -> None:
+    """The read timer outlives the wait that armed it: when it fires during a later
+    exchange it must measure from that exchange, neither early nor much late."""
+
+    async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
+        if "slow" in request.line:
+            await asyncio.sleep(0.25)  # under read_timeout, but past the first timer
+        if "stall" in request.line:
+            await asyncio.sleep(5.0)
+        writer.write(OK)
+        return True
+
+    upstream, lean = await make_upstream(respond, read_timeout=0.4)
+    loop = asyncio.get_running_loop()
+    assert await get(lean) == b"ok"  # arms the connection's timer for now + 0.4 s
+    await asyncio.sleep(0.3)
+    assert await get(lean, "/base/slow") == b"ok"  # the timer fires mid-wait: pushed on
+    assert await get(lean) == b"ok"
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await get(lean, "/base/stall")
+    assert 0.35 < loop.time() - started < 0.9
+    assert upstream.connections == 1  # the same kept-alive connection all along
+
+
 async def test_fifty_concurrent_requests_stay_within_max_connections(
     make_upstream: MakeUpstream,
 ) -> None:
