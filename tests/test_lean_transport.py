@@ -512,14 +512,20 @@ async def test_eof_mid_head_is_a_protocol_error(make_upstream: MakeUpstream) -> 
         await lean.send("GET", url(lean), {}, None)
 
 
-async def test_silence_before_the_head_times_out(make_upstream: MakeUpstream) -> None:
+def answer_after(pauses: dict[str, float]) -> Respond:
+    """OK, after the pause of the first word in *pauses* that the request line holds."""
+
     async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
-        if "slow" in request.line:
-            await asyncio.sleep(1.0)
+        pause = next((p for word, p in pauses.items() if word in request.line), 0.0)
+        await asyncio.sleep(pause)
         writer.write(OK)
         return True
 
-    upstream, lean = await make_upstream(respond, read_timeout=0.2)
+    return respond
+
+
+async def test_silence_before_the_head_times_out(make_upstream: MakeUpstream) -> None:
+    upstream, lean = await make_upstream(answer_after({"slow": 1.0}), read_timeout=0.2)
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(TimeoutError):
@@ -555,15 +561,8 @@ async def test_a_reused_connection_times_out_from_its_own_wait_not_an_earlier_on
 ) -> None:
     """The read timer outlives the wait that armed it: when it fires during a later
     exchange it must measure from that exchange, neither early nor much late."""
-
-    async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
-        if "slow" in request.line:
-            await asyncio.sleep(0.25)  # under read_timeout, but past the first timer
-        if "stall" in request.line:
-            await asyncio.sleep(5.0)
-        writer.write(OK)
-        return True
-
+    # "slow": under read_timeout, but past the timer armed by the first request.
+    respond = answer_after({"slow": 0.25, "stall": 5.0})
     upstream, lean = await make_upstream(respond, read_timeout=0.4)
     loop = asyncio.get_running_loop()
     assert await get(lean) == b"ok"  # arms the connection's timer for now + 0.4 s
