@@ -31,7 +31,7 @@ class AccessLogger(AbstractAccessLogger):
             "duration_ms": round(time * 1000, 3),
             "bytes_sent": response.body_length,
         }
-        if exchange is None:  # refused by the parser or before the middlewares
+        if exchange is None:  # refused by the parser, before the front door
             fields["route"] = route_template(request)
         else:
             fields.update(

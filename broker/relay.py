@@ -153,7 +153,7 @@ async def stream_back(
     headers: CIMultiDict[str],
     cors: CorsPolicy | None,
 ) -> web.StreamResponse:
-    finish_headers(request, headers, cors)  # prepared here, not after the middleware
+    finish_headers(request, headers, cors)  # prepared here, not after the front door
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     await response.prepare(request)
     # A failure from here on propagates: aiohttp drops the connection and the client
