@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import time
 from dataclasses import dataclass
@@ -9,7 +10,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from broker.settings import (
@@ -36,6 +40,29 @@ GENEROUS_LIMITS = LimitSettings(
 @functools.cache
 def signing_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def self_signed_certificate(
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+    common_name: str,
+    *extensions: tuple[x509.ExtensionType, bool],
+) -> x509.Certificate:
+    """A throwaway certificate for *key*, signed by itself, valid a day either side of
+    now; *extensions* are (extension, critical) pairs."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, hashes.SHA256())
 
 
 def make_settings(upstream_url: URL | str, **overrides: Any) -> Settings:

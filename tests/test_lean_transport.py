@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ipaddress
 import socket
 import ssl
@@ -14,9 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pytest_aiohttp import AiohttpRawServer
 from yarl import URL
 
@@ -31,7 +29,7 @@ from broker.transport import (
     UpstreamUnreachable,
 )
 from tests.conftest import MakeBroker, new_session
-from tests.helpers import Sandbox, auth, make_settings, signing_key
+from tests.helpers import Sandbox, auth, make_settings, self_signed_certificate, signing_key
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -386,19 +384,25 @@ async def test_a_pooled_connection_the_upstream_closed_is_replaced(
     assert upstream.connections == 3
 
 
-async def test_a_get_on_a_connection_dropped_as_it_was_reused_is_retried_once(
-    make_upstream: MakeUpstream,
-) -> None:
-    served: list[str] = []
+def dropping_the_second(served: list[str]) -> Respond:
+    """OK to every request (noted in *served*) but the second, whose connection closes
+    without a byte, as a server timing out its keep-alive just as it is reused."""
 
     async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
         served.append(request.line)
         if len(served) == 2:
-            return False  # close without a byte, as a server timing out its keep-alive
+            return False
         writer.write(OK)
         return True
 
-    upstream, lean = await make_upstream(respond)
+    return respond
+
+
+async def test_a_get_on_a_connection_dropped_as_it_was_reused_is_retried_once(
+    make_upstream: MakeUpstream,
+) -> None:
+    served: list[str] = []
+    upstream, lean = await make_upstream(dropping_the_second(served))
     assert await get(lean) == b"ok"
     assert await get(lean) == b"ok"
     assert upstream.connections == 2
@@ -409,15 +413,7 @@ async def test_a_post_on_a_connection_dropped_as_it_was_reused_is_not_retried(
     make_upstream: MakeUpstream,
 ) -> None:
     served: list[str] = []
-
-    async def respond(request: Request, writer: asyncio.StreamWriter) -> bool:
-        served.append(request.line)
-        if len(served) == 2:
-            return False
-        writer.write(OK)
-        return True
-
-    _, lean = await make_upstream(respond)
+    _, lean = await make_upstream(dropping_the_second(served))
     assert await get(lean) == b"ok"
     with pytest.raises(UpstreamUnreachable):
         await lean.send("POST", url(lean), {}, b"{}")
@@ -759,24 +755,12 @@ async def test_a_huge_declared_chunk_cut_short_is_a_protocol_error(
 def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server, client) contexts for "localhost" with a throwaway certificate."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = self_signed_certificate(
+        key,
+        "localhost",
+        (x509.SubjectAlternativeName(names), False),
+        (x509.BasicConstraints(ca=True, path_length=None), True),
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     (tmp_path / "cert.pem").write_bytes(cert_pem)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import json
 import time
 from collections.abc import Callable
@@ -16,16 +15,14 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpServer
 
 from broker.sessions import key_id
 from tests.conftest import BrokerClient, MakeBroker, new_session
-from tests.helpers import Sandbox, auth, session_claims, signing_key
+from tests.helpers import Sandbox, auth, self_signed_certificate, session_claims, signing_key
 from tests.security.conftest import (
     HS256_SECRET,
     IDP_AUDIENCE,
@@ -54,18 +51,7 @@ TokenFactory = Callable[[str, Tripwire], str]
 
 
 def _self_signed_cert_b64(key: Any) -> str:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attacker")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed_certificate(key, "attacker")
     return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
 
 
