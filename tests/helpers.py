@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import functools
+import hashlib
+import hmac
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -157,3 +161,19 @@ def session_claims(**overrides: Any) -> dict[str, Any]:
     }
     claims.update(overrides)
     return {name: value for name, value in claims.items() if value is not None}
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsigned(header: dict[str, Any], payload: dict[str, Any]) -> str:
+    """``header.payload`` (no signature), serialised exactly as given."""
+    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
+
+
+def hmac_signed(header: dict[str, Any], payload: dict[str, Any], secret: bytes) -> str:
+    """HS256 by hand: pyjwt rightly refuses to use a PEM key as an HMAC secret."""
+    signing_input = unsigned(header, payload)
+    digest = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(digest)}"

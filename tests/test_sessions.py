@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import time
 from typing import Any
@@ -16,12 +13,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.sessions import key_id
 from tests.conftest import BrokerClient, MakeBroker, new_session
-from tests.helpers import API_KEY, Sandbox, auth, make_settings, signing_key
+from tests.helpers import (
+    API_KEY,
+    Sandbox,
+    auth,
+    b64url,
+    hmac_signed,
+    make_settings,
+    signing_key,
+    unsigned,
+)
 from tests.helpers import session_claims as claims
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def sign(payload: dict[str, Any], key: ec.EllipticCurvePrivateKey | None = None) -> str:
@@ -90,16 +92,6 @@ async def test_init_with_bad_json_is_400(broker: BrokerClient) -> None:
     assert response.status == 400
 
 
-def unsigned(header: dict[str, Any], payload: dict[str, Any]) -> str:
-    return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
-
-
-def hmac_signed(header: dict[str, Any], payload: dict[str, Any], secret: bytes) -> str:
-    signing_input = unsigned(header, payload)
-    digest = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(digest)}"
-
-
 def forged_tokens() -> dict[str, str]:
     other = ec.generate_private_key(ec.SECP256R1())
     kid = key_id(signing_key().public_key())
@@ -110,7 +102,7 @@ def forged_tokens() -> dict[str, str]:
         .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
-    tampered_payload = b64(json.dumps(claims(customer_id="cus_bob", sub="cus_bob")).encode())
+    tampered_payload = b64url(json.dumps(claims(customer_id="cus_bob", sub="cus_bob")).encode())
     now = int(time.time())
     return {
         "tampered": f"{head}.{tampered_payload}.{signature}",

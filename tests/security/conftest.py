@@ -11,12 +11,9 @@ and header fidelity, bodies, injected bearers) run against each: ``@each_transpo
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import functools
-import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -34,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from broker.settings import TRANSPORTS, JwtAuthSettings, LimitSettings, Settings
 from tests.conftest import BrokerClient
-from tests.helpers import make_settings
+from tests.helpers import b64url, hmac_signed, make_settings, unsigned
 
 IDP_ISSUER = "https://idp.shop.example"
 IDP_AUDIENCE = "https://checkout.shop.example"
@@ -153,22 +150,6 @@ def sign_idp_raw(mode: str, header: dict[str, Any], payload: dict[str, Any]) -> 
     signing_input = unsigned({"alg": "RS256", **header}, payload)
     signature = idp_rsa_key().sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
     return f"{signing_input}.{b64url(signature)}"
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unsigned(header: dict[str, Any], payload: dict[str, Any]) -> str:
-    """``header.payload`` (no signature), serialised exactly as given."""
-    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
-
-
-def hmac_signed(header: dict[str, Any], payload: dict[str, Any], secret: bytes) -> str:
-    """HS256 by hand: pyjwt rightly refuses to use a PEM key as an HMAC secret."""
-    signing_input = unsigned(header, payload)
-    digest = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64url(digest)}"
 
 
 def unverified(token: str) -> dict[str, Any]:

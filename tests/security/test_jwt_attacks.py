@@ -22,7 +22,16 @@ from pytest_aiohttp import AiohttpServer
 
 from broker.sessions import key_id
 from tests.conftest import BrokerClient, MakeBroker, new_session
-from tests.helpers import Sandbox, auth, self_signed_certificate, session_claims, signing_key
+from tests.helpers import (
+    Sandbox,
+    auth,
+    b64url,
+    hmac_signed,
+    self_signed_certificate,
+    session_claims,
+    signing_key,
+    unsigned,
+)
 from tests.security.conftest import (
     HS256_SECRET,
     IDP_AUDIENCE,
@@ -31,9 +40,7 @@ from tests.security.conftest import (
     Tripwire,
     attacker_ec_key,
     attacker_rsa_key,
-    b64url,
     hardened_settings,
-    hmac_signed,
     hs256_mode,
     idp_claims,
     idp_rsa_key,
@@ -43,7 +50,6 @@ from tests.security.conftest import (
     sample,
     sign_idp,
     sign_idp_raw,
-    unsigned,
     upstream_traffic,
 )
 
