@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from broker.settings import TRANSPORTS, JwtAuthSettings, LimitSettings, Settings
 from tests.conftest import BrokerClient
-from tests.helpers import b64url, hmac_signed, make_settings, unsigned
+from tests.helpers import GENEROUS_LIMITS, b64url, hmac_signed, make_settings, unsigned
 
 IDP_ISSUER = "https://idp.shop.example"
 IDP_AUDIENCE = "https://checkout.shop.example"
@@ -58,15 +58,7 @@ each_transport = pytest.mark.parametrize("transport", TRANSPORTS, indirect=True)
 
 def roomy_limits(**overrides: Any) -> LimitSettings:
     """Rate limits far above what a test sends (everything comes from 127.0.0.1)."""
-    roomy = LimitSettings(
-        ip_requests_per_second=100_000.0,
-        ip_burst=1_000_000,
-        session_requests_per_second=100_000.0,
-        session_burst=1_000_000,
-        init_requests_per_second=100_000.0,
-        init_burst=1_000_000,
-    )
-    return dataclasses.replace(roomy, **overrides)
+    return dataclasses.replace(GENEROUS_LIMITS, **overrides)
 
 
 def hardened_settings(upstream_url: Any, **overrides: Any) -> Settings:
