@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The route label of requests no route took (and of those refused before routing).
+UNMATCHED = "unmatched"
+
 
 @dataclass(slots=True)
 class Exchange:
     request_id: str
-    route: str = "unmatched"
+    route: str = UNMATCHED
     customer_id: str | None = None
     invoice_id: str | None = None
     upstream_status: int | None = None

@@ -34,7 +34,7 @@ from broker.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from broker.exchange import Exchange
+from broker.exchange import UNMATCHED, Exchange
 from broker.gateway import Gateway
 from broker.keys import exchange_key, gateway_key
 from broker.logs import get_logger
@@ -59,7 +59,6 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # The catch-all route's path; its requests are labelled "unmatched" in logs and metrics.
 _UNMATCHED_PATH = "/{unmatched:[\\s\\S]*}"
 _UNMATCHED_CANONICAL = "/{unmatched}"
-UNMATCHED = "unmatched"
 
 
 def route_template(request: web.BaseRequest) -> str:
