@@ -12,9 +12,9 @@ import logging
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from broker.exchange import UNMATCHED
 from broker.keys import exchange_key
 from broker.logs import get_logger
-from broker.middlewares import route_template
 
 log = get_logger("broker.access")
 MAX_LOGGED_PATH = 256
@@ -31,8 +31,8 @@ class AccessLogger(AbstractAccessLogger):
             "duration_ms": round(time * 1000, 3),
             "bytes_sent": response.body_length,
         }
-        if exchange is None:  # refused by the parser, before the front door
-            fields["route"] = route_template(request)
+        if exchange is None:  # refused by the parser: no route, no front door
+            fields["route"] = UNMATCHED
         else:
             fields.update(
                 request_id=exchange.request_id,

@@ -61,10 +61,8 @@ _UNMATCHED_PATH = "/{unmatched:[\\s\\S]*}"
 _UNMATCHED_CANONICAL = "/{unmatched}"
 
 
-def route_template(request: web.BaseRequest) -> str:
-    match_info = getattr(request, "match_info", None)
-    route = getattr(match_info, "route", None)
-    resource = getattr(route, "resource", None)
+def _route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
     canonical: str = UNMATCHED if resource is None else resource.canonical
     return UNMATCHED if canonical == _UNMATCHED_CANONICAL else canonical
 
@@ -73,6 +71,10 @@ def request_id_for(request: web.BaseRequest) -> str:
     values = request.headers.getall(REQUEST_ID_HEADER, ())
     if len(values) == 1 and _SANE_REQUEST_ID.fullmatch(values[0]):
         return values[0]
+    return new_request_id()
+
+
+def new_request_id() -> str:
     return next(_request_ids)
 
 
@@ -107,7 +109,7 @@ def front_door(*, public: bool) -> Door:
         async def front(request: web.Request) -> web.StreamResponse:
             gateway = request.app[gateway_key]
             metrics = gateway.metrics
-            exchange = Exchange(request_id=request_id_for(request), route=route_template(request))
+            exchange = Exchange(request_id=request_id_for(request), route=_route_template(request))
             request[exchange_key] = exchange
             structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
             method = request.method if request.method in _KNOWN_METHODS else "OTHER"

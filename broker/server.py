@@ -17,6 +17,7 @@ from broker.access_log import AccessLogger
 from broker.app import create_admin_app, create_app, create_metrics_app, runner_options
 from broker.keys import gateway_key
 from broker.logs import configure_logging, get_logger
+from broker.runner import GatewayRunner
 from broker.settings import Settings
 
 log = get_logger("broker.server")
@@ -31,7 +32,7 @@ async def serve(
     registry = prometheus_client.REGISTRY  # keeps the default process/GC collectors
     separate_metrics = settings.metrics_port != 0
     app = create_app(settings, registry=registry, serve_metrics=not separate_metrics)
-    runners = [web.AppRunner(app, **runner_options(settings))]
+    runners = [GatewayRunner(app, **runner_options(settings))]
     await runners[0].setup()
     site = web.TCPSite(
         runners[0], settings.server.host, settings.server.port, reuse_port=reuse_port or None
@@ -39,7 +40,7 @@ async def serve(
     await site.start()
     urls = [site.name]
     if separate_metrics:
-        metrics_runner = web.AppRunner(create_metrics_app(registry), access_log=None)
+        metrics_runner = GatewayRunner(create_metrics_app(registry), access_log=None)
         await metrics_runner.setup()
         metrics_site = web.TCPSite(
             metrics_runner,
@@ -51,7 +52,7 @@ async def serve(
         runners.append(metrics_runner)
         urls.append(metrics_site.name)
     if settings.admin.enabled:
-        admin_runner = web.AppRunner(create_admin_app(app), access_log_class=AccessLogger)
+        admin_runner = GatewayRunner(create_admin_app(app), access_log_class=AccessLogger)
         await admin_runner.setup()
         admin_site = web.TCPSite(
             admin_runner, settings.admin.host, settings.admin.port, reuse_port=reuse_port or None

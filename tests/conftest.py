@@ -13,12 +13,13 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from broker.app import create_app, runner_options
 from broker.logs import configure_logging
+from broker.runner import GatewayRunner
 from broker.sandbox import SandboxSettings, create_sandbox_app
 from broker.settings import Settings
 from tests.helpers import API_KEY, Sandbox, auth, make_settings
@@ -55,6 +56,13 @@ def transport(request: pytest.FixtureRequest) -> str:
     return name
 
 
+class BrokerTestServer(TestServer):
+    """A test server on the production runner (aiohttp's own answers in our shape)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return GatewayRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 def make_broker(
     aiohttp_server: AiohttpServer, aiohttp_client: AiohttpClient, transport: str
@@ -65,8 +73,9 @@ def make_broker(
         # The production runner's access logger: request_finished lines in tests too.
         options = runner_options(settings)
         del options["handler_cancellation"]  # TestServer always sets it (True)
-        server = await aiohttp_server(app, **options)
-        return cast(BrokerClient, await aiohttp_client(server))
+        server = BrokerTestServer(app)
+        await server.start_server(**options)
+        return cast(BrokerClient, await aiohttp_client(server))  # closes the server too
 
     return make
 

@@ -151,6 +151,14 @@ async def test_serve_sandbox_runs_the_quick_start(
         async with http.get(url + "/checkout/invoice", headers=auth(token)) as response:
             assert response.status == 200
             assert (await response.json())["id"] == "inv_alice_1"
+    # What aiohttp's parser refuses gets the broker's answer on the served listener too.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET / HTTP/1.1\r\nAuthorization: Bearer {token}\x01\r\n\r\n".encode())
+    refused = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    assert refused.startswith(b"HTTP/1.0 400 "), refused
+    assert b"Server: token-broker\r\n" in refused
+    assert token.encode() not in refused
     process.send_signal(signal.SIGTERM)
     output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
     assert process.returncode == 0

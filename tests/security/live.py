@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from broker.app import create_app, runner_options
+from broker.runner import GatewayRunner
 from broker.sandbox import SandboxSettings, create_sandbox_app
 from broker.settings import Settings
 from tests.helpers import Sandbox
@@ -91,10 +92,10 @@ class LiveStack:
         settings = make_settings(sandbox_url)
         app = create_app(settings, registry=self.registry)
         options: dict[str, Any] = runner_options(settings)
-        self.broker_port = await self._serve(web.AppRunner(app, **options))
+        self.broker_port = await self._serve(GatewayRunner(app, **options))
         factory = admin_app_factory()
         if factory is not None:
-            admin_port = await self._serve(web.AppRunner(factory(app)))
+            admin_port = await self._serve(GatewayRunner(factory(app)))
             self.admin_url = URL(f"http://127.0.0.1:{admin_port}")
 
     async def _serve(self, runner: web.AppRunner) -> int:

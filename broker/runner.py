@@ -1,0 +1,98 @@
+"""The runner for every listener: aiohttp's own answers in the broker's shape.
+
+aiohttp answers some requests before any route (and so before the front door) sees
+them: those its parser refuses (a bad request line, a control byte in a header, an
+unknown method, an oversized header) with 400, and a handler that escapes with 500 or
+504. Its answer is ``text/plain`` that echoes the refused line, which may be a header
+holding the caller's bearer token, under ``Server: Python/... aiohttp/...``. The
+connection handler here answers them as the broker answers every error instead:
+the JSON error shape, a request id, ``Server: token-broker``, ``no-store``, and closed.
+
+aiohttp has no hook for this, so it takes a subclass at each step that builds the
+connection handler: ``RequestHandler.handle_error``, the ``Server`` that creates
+handlers, and the ``AppRunner`` that creates the server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import ContentEncodingError
+
+from broker.cors import SERVER
+from broker.errors import BadRequest, BrokerError, GatewayTimeout, UnsupportedMediaType
+from broker.exchange import UNMATCHED
+from broker.gateway import Gateway
+from broker.keys import exchange_key, gateway_key
+from broker.middlewares import REQUEST_ID_HEADER, new_request_id
+
+# What aiohttp's statuses mean here: its parser refuses with 400, a handler that times
+# out gives 504, anything else that escapes a handler gives 500.
+_ERRORS: dict[int, type[BrokerError]] = {400: BadRequest, 504: GatewayTimeout}
+
+
+def _error_for(status: int, exc: BaseException | None) -> BrokerError:
+    if isinstance(exc, ContentEncodingError):
+        # aiohttp's parser sets up a decoder for a compressed body and refuses the
+        # encodings it cannot decode (br without Brotli): the broker refuses them all.
+        return UnsupportedMediaType()
+    return _ERRORS.get(status, BrokerError)()
+
+
+class GatewayRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer aiohttp's own errors as the broker."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        gateway = self.app.get(gateway_key)  # the metrics listener has none
+        return _GatewayServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            gateway=gateway,
+            **server._kwargs,
+        )
+
+
+class _GatewayServer(web.Server):
+    def __init__(self, *args: Any, gateway: Gateway | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gateway = gateway
+
+    def __call__(self) -> web.RequestHandler:
+        return _GatewayRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _GatewayRequestHandler(web.RequestHandler):
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        exchange = request.get(exchange_key)  # set when the front door saw the request
+        request_id = new_request_id() if exchange is None else exchange.request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        # aiohttp's part: the log line (the error's class, never the request's bytes) and
+        # ConnectionError when an answer has started already. Its response is dropped.
+        super().handle_error(request, status, exc, message)
+        error = _error_for(status, exc)
+        response = web.json_response(
+            error.body(),
+            status=error.status,
+            headers={
+                hdrs.CACHE_CONTROL: "no-store",
+                hdrs.SERVER: SERVER,
+                REQUEST_ID_HEADER: request_id,
+            },
+        )
+        response.force_close()
+        manager = self._manager
+        # The front door counts the requests it saw; the parser's refusals it never sees.
+        gateway = manager.gateway if isinstance(manager, _GatewayServer) else None
+        if exchange is None and gateway is not None:
+            gateway.metrics.request_done(UNMATCHED, "OTHER", error.status, 0.0)
+        return response

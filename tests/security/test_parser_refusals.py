@@ -1,0 +1,167 @@
+"""Requests aiohttp answers itself, before any route or the front door sees them.
+
+Its parser refuses some requests outright: a control byte in a header, a bad request
+line, bytes that are not HTTP, a line over the size limit. aiohttp's own answer is
+text that echoes the refused line (the caller's bearer token, if that was the line)
+under ``Server: Python/... aiohttp/...``. The broker's runner answers them as every
+other error: the JSON shape, its own Server header, a request id, closed; counted and
+logged under the ``unmatched`` route, with none of the request's bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from broker.errors import BadRequest, BrokerError, GatewayTimeout
+from broker.runner import GatewayRunner
+from tests.conftest import BrokerClient, LogCapture, MakeBroker, new_session
+from tests.helpers import Sandbox
+from tests.security.conftest import (
+    RawReply,
+    hardened_settings,
+    http_request,
+    raw_exchange,
+    sample,
+    upstream_traffic,
+)
+
+SECRET = "refused-line-secret-" + "s" * 24
+
+MALFORMED: dict[str, bytes] = {
+    "control byte in the Authorization header": http_request(
+        "GET", "/checkout/invoice", [("Authorization", f"Bearer {SECRET}\x01")]
+    ),
+    "NUL in a header name": http_request("GET", "/checkout/invoice", [(f"X-{SECRET}\x00", "1")]),
+    "space before the colon": http_request(
+        "GET", "/checkout/invoice", [(f"Authorization : Bearer {SECRET}", "x")]
+    ),
+    "unknown method": http_request("SECRET\x7f", f"/checkout/invoice?{SECRET}"),
+    "bad HTTP version": f"GET /checkout/invoice?t={SECRET} HTTP/1.x\r\n\r\n".encode(),
+    "TLS ClientHello": bytes.fromhex("16030100a5010000a10303") + SECRET.encode(),
+    "HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "request target over the line limit": http_request("GET", f"/{SECRET}" + "a" * 9000),
+    "header over the field limit": http_request(
+        "GET", "/checkout/invoice", [("X-Pad", SECRET + "a" * 9000)]
+    ),
+}
+
+
+def header(reply: RawReply, name: str) -> str | None:
+    match = re.search(rb"\r\n" + name.encode() + rb": ([^\r\n]*)\r\n", reply.data, re.IGNORECASE)
+    return None if match is None else match.group(1).decode()
+
+
+def assert_answered_like_the_broker(reply: RawReply, error: BrokerError) -> None:
+    assert reply.statuses == [error.status], reply.data[:300]
+    assert reply.body_json() == error.body()
+    assert header(reply, "Content-Type") == "application/json; charset=utf-8"
+    assert header(reply, "Server") == "token-broker"
+    assert header(reply, "Cache-Control") == "no-store"
+    assert re.fullmatch(r"[0-9a-f]{32}", header(reply, "X-Request-Id") or "")
+    assert b"aiohttp" not in reply.data
+    assert b"Python" not in reply.data
+    assert reply.closed
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+async def client(
+    make_broker: MakeBroker, sandbox: Sandbox, registry: CollectorRegistry
+) -> BrokerClient:
+    return await make_broker(hardened_settings(sandbox.url), registry)
+
+
+async def send(client: BrokerClient, payload: bytes) -> RawReply:
+    assert client.server.host is not None
+    assert client.server.port is not None
+    return await raw_exchange(client.server.host, client.server.port, payload, wait=3.0)
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+async def test_a_request_the_parser_refuses_gets_the_brokers_400_and_no_echo(
+    client: BrokerClient, case: str
+) -> None:
+    reply = await send(client, MALFORMED[case])
+    assert_answered_like_the_broker(reply, BadRequest())
+    assert SECRET.encode() not in reply.data
+
+
+async def test_a_refused_request_is_counted_and_logged_without_its_bytes(
+    client: BrokerClient, sandbox: Sandbox, registry: CollectorRegistry, logs: LogCapture
+) -> None:
+    session = await new_session(client)
+    await sandbox.reset()
+    labels = {"route": "unmatched", "method": "OTHER", "status": "400"}
+    before = sample(registry, "broker_requests_total", labels)
+    payload = http_request("GET", "/checkout/invoice", [("Authorization", f"Bearer {session}\x01")])
+    reply = await send(client, payload)
+    assert reply.statuses == [400]
+    assert sample(registry, "broker_requests_total", labels) == before + 1
+    [finished] = [e for e in logs.events("request_finished") if e["status"] == 400]
+    assert finished["route"] == "unmatched"
+    assert finished["request_id"] == header(reply, "X-Request-Id")
+    assert session not in logs.text
+    assert upstream_traffic(await sandbox.requests()) == []
+
+
+async def test_a_refusal_on_a_reused_connection_follows_the_good_answer(
+    client: BrokerClient,
+) -> None:
+    """A good request, its answer, then a refused one on the same connection: the broker's
+    400 follows, then the close."""
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(http_request("GET", "/healthz"))
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3.0)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        length = re.search(rb"Content-Length: (\d+)", first)
+        assert length is not None
+        await reader.readexactly(int(length.group(1)))
+        writer.write(http_request("GET", "/healthz", [("X-Bad", "a\x01")]))
+        rest = await asyncio.wait_for(reader.read(), 3.0)  # to the close
+    finally:
+        writer.close()
+    reply = RawReply(data=rest, closed=True, elapsed=0.0)
+    assert_answered_like_the_broker(reply, BadRequest())
+
+
+# -- the runner on an app of its own: handlers that escape without a front door --------
+
+
+async def _raises_runtime_error(request: web.Request) -> web.StreamResponse:
+    raise RuntimeError(SECRET)
+
+
+async def _raises_timeout(request: web.Request) -> web.StreamResponse:
+    raise TimeoutError(SECRET)
+
+
+@pytest.mark.parametrize(
+    ("path", "error"), [("/crash", BrokerError()), ("/timeout", GatewayTimeout())]
+)
+async def test_an_error_escaping_a_handler_gets_the_brokers_shape(
+    path: str, error: BrokerError
+) -> None:
+    app = web.Application()
+    app.router.add_get("/crash", _raises_runtime_error)
+    app.router.add_get("/timeout", _raises_timeout)
+    runner = GatewayRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        reply = await raw_exchange("127.0.0.1", site.port, http_request("GET", path), wait=3.0)
+    finally:
+        await runner.cleanup()
+    assert_answered_like_the_broker(reply, error)
+    assert SECRET.encode() not in reply.data
