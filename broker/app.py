@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from broker import admin, handlers
 from broker.access_log import AccessLogger
+from broker.cors import SERVER
 from broker.gateway import Gateway
 from broker.keys import admin_key_key, gateway_key, registry_key
 from broker.metrics import Metrics
@@ -84,7 +85,12 @@ def create_metrics_app(registry: CollectorRegistry) -> web.Application:
     """``/metrics`` alone, for ``[metrics] port``: keeps scrapes off the public port."""
     app = web.Application()
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.on_response_prepare.append(_name_the_server)  # no front door here to do it
     return app
+
+
+async def _name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[hdrs.SERVER] = SERVER  # not aiohttp's, which names its version
 
 
 async def _gateway_lifetime(app: web.Application) -> AsyncIterator[None]:

@@ -8,9 +8,12 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpClient
 
 from broker import __version__
+from broker.app import create_metrics_app
 from broker.logs import IsoTimestamp
 from tests.conftest import BrokerClient, LogCapture, MakeBroker, MakeSandbox, new_session
 from tests.helpers import API_KEY, Sandbox, auth, make_settings
@@ -106,6 +109,22 @@ async def test_paths_and_methods_no_route_takes_get_the_brokers_answer(
 
 def series_count(text: str) -> int:
     return sum(len(f.samples) for f in text_string_to_metric_families(text))
+
+
+async def test_the_metrics_listener_serves_metrics_and_names_no_aiohttp_version(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """``[metrics] port``: its own listener, without the front door that names the server."""
+    registry = CollectorRegistry()
+    Counter("probe", "A counter only this test has.", registry=registry).inc()
+    client = await aiohttp_client(create_metrics_app(registry))
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert "probe_total 1.0" in await response.text()
+    missing = await client.get("/checkout/invoice")
+    assert missing.status == 404
+    for answer in (response, missing):
+        assert answer.headers["Server"] == "token-broker"
 
 
 async def test_a_thousand_customers_add_no_time_series(
