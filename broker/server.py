@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import signal
@@ -60,6 +61,7 @@ async def serve(
         await admin_site.start()
         runners.append(admin_runner)
         urls.append(admin_site.name)
+    settle_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -74,6 +76,22 @@ async def serve(
     for runner in reversed(runners):
         await runner.cleanup()  # stop listening, finish in-flight requests, close upstream
     log.info("broker_stopped")
+
+
+# The young generation's threshold: collect once this many more tracked objects were
+# allocated than freed. Python's default (700) is below what a few dozen requests in
+# flight hold at once, so under load it ran a collection every ~80 requests, a few
+# percent of the CPU, that found next to nothing to free (the broker makes few cycles).
+GC_YOUNG_THRESHOLD = 7000
+
+
+def settle_garbage_collector() -> None:
+    """Once started: what startup built lives as long as the process, so move it out of
+    the collector's sight (``gc.freeze``), then collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 LoadSettings = Callable[[], Settings]
