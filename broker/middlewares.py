@@ -141,9 +141,21 @@ def front_door(*, public: bool) -> Door:
 
 
 def add_unmatched(router: web.UrlDispatcher, door: Door) -> None:
-    """Add last: any path or method no other route takes gets a 404 or 405 through
+    """Add last: any target or method no other route takes gets a 404 or 405 through
     *door* (logged, counted, rate limited, error-shaped) instead of aiohttp's text."""
-    router.add_route("*", _UNMATCHED_PATH, door(_unmatched))
+    resource = _EveryTarget(_UNMATCHED_PATH)
+    router.register_resource(resource)
+    resource.add_route("*", door(_unmatched))
+
+
+class _EveryTarget(web.DynamicResource):
+    """Matches every request target, also those no path pattern can match because they
+    do not start with "/": ``OPTIONS *``, ``CONNECT host:port``. aiohttp would answer
+    those itself, in plain text and naming its version."""
+
+    async def resolve(self, request: web.Request) -> tuple[web.UrlMappingMatchInfo, set[str]]:
+        [route] = self  # the one catch-all route, for every method
+        return web.UrlMappingMatchInfo({}, route), {hdrs.METH_ANY}
 
 
 async def _unmatched(request: web.Request) -> web.StreamResponse:

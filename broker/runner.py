@@ -2,19 +2,22 @@
 
 aiohttp answers some requests before any route (and so before the front door) sees
 them: those its parser refuses (a bad request line, a control byte in a header, an
-unknown method, an oversized header) with 400, and a handler that escapes with 500 or
-504. Its answer is ``text/plain`` that echoes the refused line, which may be a header
-holding the caller's bearer token, under ``Server: Python/... aiohttp/...``. The
-connection handler here answers them as the broker answers every error instead:
-the JSON error shape, a request id, ``Server: token-broker``, ``no-store``, and closed.
+unknown method, an oversized header) with 400, ``CONNECT host:port`` (a target without
+a path, for which its router tries no route) with 404, and a handler that escapes with
+500 or 504. Its answer is ``text/plain``, for a refusal one that echoes the refused
+line, which may be a header holding the caller's bearer token, under
+``Server: Python/... aiohttp/...``. The server here answers them as the broker answers
+every error instead: the JSON error shape, a request id, ``Server: token-broker``,
+``no-store``, and closed; CONNECT gets 405.
 
 aiohttp has no hook for this, so it takes a subclass at each step that builds the
 connection handler: ``RequestHandler.handle_error``, the ``Server`` that creates
-handlers, and the ``AppRunner`` that creates the server.
+handlers (and holds the request handler), and the ``AppRunner`` that creates the server.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -22,7 +25,13 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import ContentEncodingError
 
 from broker.cors import SERVER
-from broker.errors import BadRequest, BrokerError, GatewayTimeout, UnsupportedMediaType
+from broker.errors import (
+    BadRequest,
+    BrokerError,
+    GatewayTimeout,
+    MethodNotAllowed,
+    UnsupportedMediaType,
+)
 from broker.exchange import UNMATCHED
 from broker.gateway import Gateway
 from broker.keys import exchange_key, gateway_key
@@ -60,26 +69,28 @@ class _GatewayServer(web.Server):
     def __init__(self, *args: Any, gateway: Gateway | None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = gateway
+        routed = self.request_handler
+
+        def handle(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+            # CONNECT's target (host:port) has no path: aiohttp's router tries no route
+            # for it, not even the catch-all, and would answer 404 in its own text.
+            if request.method == hdrs.METH_CONNECT:
+                return self.refuse(request, MethodNotAllowed())
+            return routed(request)
+
+        self.request_handler = handle
 
     def __call__(self) -> web.RequestHandler:
         return _GatewayRequestHandler(self, loop=self._loop, **self._kwargs)
 
+    async def refuse(self, request: web.BaseRequest, error: BrokerError) -> web.StreamResponse:
+        return self.answer(request, error)
 
-class _GatewayRequestHandler(web.RequestHandler):
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
+    def answer(self, request: web.BaseRequest, error: BrokerError) -> web.Response:
+        """*error* as the front door would answer it, for a request it did not see."""
         exchange = request.get(exchange_key)  # set when the front door saw the request
         request_id = new_request_id() if exchange is None else exchange.request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        # aiohttp's part: the log line (the error's class, never the request's bytes) and
-        # ConnectionError when an answer has started already. Its response is dropped.
-        super().handle_error(request, status, exc, message)
-        error = _error_for(status, exc)
         response = web.json_response(
             error.body(),
             status=error.status,
@@ -90,9 +101,23 @@ class _GatewayRequestHandler(web.RequestHandler):
             },
         )
         response.force_close()
+        if exchange is None and self.gateway is not None:  # else the front door counted it
+            self.gateway.metrics.request_done(UNMATCHED, "OTHER", error.status, 0.0)
+        return response
+
+
+class _GatewayRequestHandler(web.RequestHandler):
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
         manager = self._manager
-        # The front door counts the requests it saw; the parser's refusals it never sees.
-        gateway = manager.gateway if isinstance(manager, _GatewayServer) else None
-        if exchange is None and gateway is not None:
-            gateway.metrics.request_done(UNMATCHED, "OTHER", error.status, 0.0)
+        assert isinstance(manager, _GatewayServer)  # noqa: S101 - only _GatewayServer makes us
+        response = manager.answer(request, _error_for(status, exc))  # binds the request id
+        # aiohttp's part: the log line (the error's class, never the request's bytes) and
+        # ConnectionError when an answer has started already. Its response is dropped.
+        super().handle_error(request, status, exc, message)
         return response

@@ -1,11 +1,12 @@
-"""Requests aiohttp answers itself, before any route or the front door sees them.
+"""Requests aiohttp would answer itself, before any route or the front door sees them.
 
 Its parser refuses some requests outright: a control byte in a header, a bad request
-line, bytes that are not HTTP, a line over the size limit. aiohttp's own answer is
-text that echoes the refused line (the caller's bearer token, if that was the line)
-under ``Server: Python/... aiohttp/...``. The broker's runner answers them as every
-other error: the JSON shape, its own Server header, a request id, closed; counted and
-logged under the ``unmatched`` route, with none of the request's bytes.
+line, bytes that are not HTTP, a line over the size limit. Its router tries no route
+for targets without a path: ``CONNECT host:port``. aiohttp's own answer is text, for a
+refusal one that echoes the refused line (the caller's bearer token, if that was the
+line), under ``Server: Python/... aiohttp/...``. The broker answers them as every other
+error: the JSON shape, its own Server header, a request id, closed; counted and logged
+under the ``unmatched`` route, with none of the request's bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from broker.errors import BadRequest, BrokerError, GatewayTimeout
+from broker.errors import BadRequest, BrokerError, GatewayTimeout, MethodNotAllowed, NotFound
 from broker.runner import GatewayRunner
 from tests.conftest import BrokerClient, LogCapture, MakeBroker, new_session
 from tests.helpers import Sandbox
@@ -56,7 +57,9 @@ def header(reply: RawReply, name: str) -> str | None:
     return None if match is None else match.group(1).decode()
 
 
-def assert_answered_like_the_broker(reply: RawReply, error: BrokerError) -> None:
+def assert_answered_like_the_broker(
+    reply: RawReply, error: BrokerError, *, closed: bool = True
+) -> None:
     assert reply.statuses == [error.status], reply.data[:300]
     assert reply.body_json() == error.body()
     assert header(reply, "Content-Type") == "application/json; charset=utf-8"
@@ -65,7 +68,7 @@ def assert_answered_like_the_broker(reply: RawReply, error: BrokerError) -> None
     assert re.fullmatch(r"[0-9a-f]{32}", header(reply, "X-Request-Id") or "")
     assert b"aiohttp" not in reply.data
     assert b"Python" not in reply.data
-    assert reply.closed
+    assert reply.closed == closed
 
 
 @pytest.fixture
@@ -133,6 +136,23 @@ async def test_a_refusal_on_a_reused_connection_follows_the_good_answer(
         writer.close()
     reply = RawReply(data=rest, closed=True, elapsed=0.0)
     assert_answered_like_the_broker(reply, BadRequest())
+
+
+async def test_connect_is_the_brokers_405_and_never_a_tunnel(
+    client: BrokerClient, sandbox: Sandbox, registry: CollectorRegistry
+) -> None:
+    labels = {"route": "unmatched", "method": "OTHER", "status": "405"}
+    payload = b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\nSSH-2.0-x\r\n"
+    reply = await send(client, payload)
+    assert_answered_like_the_broker(reply, MethodNotAllowed())
+    assert sample(registry, "broker_requests_total", labels) == 1
+    assert upstream_traffic(await sandbox.requests()) == []
+
+
+async def test_the_asterisk_target_reaches_the_catch_all_route(client: BrokerClient) -> None:
+    """``OPTIONS *`` matches no path pattern; the catch-all takes it all the same."""
+    reply = await send(client, http_request("OPTIONS", "*"))
+    assert_answered_like_the_broker(reply, NotFound(), closed=False)
 
 
 # -- the runner on an app of its own: handlers that escape without a front door --------
