@@ -31,7 +31,7 @@ class AccessLogger(AbstractAccessLogger):
             "duration_ms": round(time * 1000, 3),
             "bytes_sent": response.body_length,
         }
-        if exchange is None:  # refused by the parser: no route, no front door
+        if exchange is None:  # refused before any route (parser, CONNECT): no front door
             fields["route"] = UNMATCHED
         else:
             fields.update(

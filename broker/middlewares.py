@@ -149,9 +149,10 @@ def add_unmatched(router: web.UrlDispatcher, door: Door) -> None:
 
 
 class _EveryTarget(web.DynamicResource):
-    """Matches every request target, also those no path pattern can match because they
-    do not start with "/": ``OPTIONS *``, ``CONNECT host:port``. aiohttp would answer
-    those itself, in plain text and naming its version."""
+    """Matches every request target, also one no path pattern can match because it does
+    not start with "/" (``OPTIONS *``), which aiohttp would answer itself, in plain text
+    and naming its version. (``CONNECT host:port`` reaches no resource at all: the
+    runner's server refuses it.)"""
 
     async def resolve(self, request: web.Request) -> tuple[web.UrlMappingMatchInfo, set[str]]:
         [route] = self  # the one catch-all route, for every method
