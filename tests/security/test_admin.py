@@ -10,6 +10,7 @@ import importlib
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import pytest
 from aiohttp import web
@@ -17,16 +18,19 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from structlog.testing import capture_logs
 
+from broker.access_log import AccessLogger
 from broker.settings import AdminSettings
-from tests.conftest import BrokerClient, MakeBroker, new_session
+from tests.conftest import BrokerClient, BrokerTestServer, MakeBroker, new_session
 from tests.helpers import API_KEY, Sandbox, auth
 from tests.security.conftest import (
     ADMIN_KEY,
     hardened_settings,
     header_values,
     hs256_mode,
+    http_request,
     idp_claims,
     init_with_idp,
+    raw_exchange,
     sign_idp,
 )
 from tests.security.live import admin_app_factory
@@ -41,7 +45,9 @@ def make_admin(aiohttp_client: AiohttpClient) -> MakeAdmin:
     async def make(broker: BrokerClient) -> AdminClient:
         factory = admin_app_factory()
         assert factory is not None, "broker.app.create_admin_app does not exist"
-        return await aiohttp_client(factory(broker.app))
+        server = BrokerTestServer(factory(broker.app))  # the production runner, as serve()'s
+        await server.start_server(access_log_class=AccessLogger)
+        return cast(AdminClient, await aiohttp_client(server))
 
     return make
 
@@ -119,6 +125,19 @@ async def test_admin_routes_are_not_served_on_the_public_listener(broker: Broker
         response = await broker.request(method, TOKENS.format("cus_alice"), headers=auth(ADMIN_KEY))
         assert response.status in {404, 405}
         assert "tokens" not in await response.text()
+
+
+async def test_the_admin_listener_answers_what_aiohttp_refuses_as_the_broker(
+    broker: BrokerClient, make_admin: MakeAdmin
+) -> None:
+    admin = await make_admin(broker)
+    assert admin.server.port is not None
+    bad_key = [("Authorization", f"Bearer {ADMIN_KEY}\x01")]
+    reply = await raw_exchange("127.0.0.1", admin.server.port, http_request("GET", "/", bad_key))
+    assert reply.statuses == [400]
+    assert reply.body_json()["code"] == "bad_request"
+    assert b"Server: token-broker\r\n" in reply.data
+    assert ADMIN_KEY.encode() not in reply.data
 
 
 async def test_admin_get_shows_metadata_and_never_a_token(
