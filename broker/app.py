@@ -15,7 +15,7 @@ from broker.cors import SERVER
 from broker.gateway import Gateway
 from broker.keys import admin_key_key, gateway_key, registry_key
 from broker.metrics import Metrics
-from broker.middlewares import add_unmatched, front_door
+from broker.middlewares import add_unmatched, expect_continue, front_door
 from broker.sessions import ApiKeys
 from broker.settings import Settings
 
@@ -37,17 +37,21 @@ def create_app(
     app.on_shutdown.append(_stop_being_ready)
 
     router, door = app.router, front_door(public=True)
-    router.add_get("/healthz", door(handlers.health))
-    router.add_get("/readyz", door(handlers.readiness))
-    router.add_get("/.well-known/jwks.json", door(handlers.jwks))
+    router.add_get("/healthz", door(handlers.health), expect_handler=expect_continue)
+    router.add_get("/readyz", door(handlers.readiness), expect_handler=expect_continue)
+    router.add_get("/.well-known/jwks.json", door(handlers.jwks), expect_handler=expect_continue)
     if serve_metrics:
-        router.add_get("/metrics", door(make_aiohttp_handler(registry)))
+        router.add_get(
+            "/metrics", door(make_aiohttp_handler(registry)), expect_handler=expect_continue
+        )
     for path in SESSION_INIT_PATHS:
-        router.add_post(path, door(handlers.issue_session))
+        router.add_post(path, door(handlers.issue_session), expect_handler=expect_continue)
     for prefix in settings.upstream.proxy_prefixes:
         # [\s\S]: aiohttp matches the *decoded* path, and "." would let an encoded
         # newline fall through to a 404 instead of the path checks' 400.
-        router.add_route("*", prefix + "{tail:[\\s\\S]*}", door(handlers.proxy))
+        router.add_route(
+            "*", prefix + "{tail:[\\s\\S]*}", door(handlers.proxy), expect_handler=expect_continue
+        )
     add_unmatched(router, door)
     return app
 
@@ -75,8 +79,8 @@ def create_admin_app(main: web.Application) -> web.Application:
     app[admin_key_key] = ApiKeys((gateway.settings.admin.api_key,))
     path = "/admin/v1/customers/{customer_id}/tokens"
     door = front_door(public=False)
-    app.router.add_get(path, door(admin.customer_tokens))
-    app.router.add_delete(path, door(admin.revoke_customer))
+    app.router.add_get(path, door(admin.customer_tokens), expect_handler=expect_continue)
+    app.router.add_delete(path, door(admin.revoke_customer), expect_handler=expect_continue)
     add_unmatched(app.router, door)
     return app
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import structlog
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.typedefs import Handler
 
 from broker.cors import finish_headers
@@ -145,7 +145,20 @@ def add_unmatched(router: web.UrlDispatcher, door: Door) -> None:
     *door* (logged, counted, rate limited, error-shaped) instead of aiohttp's text."""
     resource = _EveryTarget(_UNMATCHED_PATH)
     router.register_resource(resource)
-    resource.add_route("*", door(_unmatched))
+    resource.add_route("*", door(_unmatched), expect_handler=expect_continue)
+
+
+async def expect_continue(request: web.Request) -> None:
+    """Every route's ``Expect`` handler: ``100-continue`` is answered as aiohttp would,
+    any other expectation is ignored (RFC 9110 §10.1.1 allows it) and never forwarded.
+    aiohttp's default refuses those itself, before the front door: a plain-text 417
+    echoing the value, under its own Server header."""
+    if (
+        request.version == HttpVersion11
+        and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # an interim answer: the response has not started
 
 
 class _EveryTarget(web.DynamicResource):

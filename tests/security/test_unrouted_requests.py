@@ -2,7 +2,8 @@
 
 Its parser refuses some requests outright: a control byte in a header, a bad request
 line, bytes that are not HTTP, a line over the size limit. Its router tries no route
-for targets without a path: ``CONNECT host:port``. aiohttp's own answer is text, for a
+for targets without a path: ``CONNECT host:port``. Its default ``Expect`` handler refuses
+any expectation but 100-continue before the handler runs. aiohttp's own answer is text, for a
 refusal one that echoes the refused line (the caller's bearer token, if that was the
 line), under ``Server: Python/... aiohttp/...``. The broker answers them as every other
 error: the JSON shape, its own Server header, a request id, closed; counted and logged
@@ -25,6 +26,7 @@ from tests.helpers import Sandbox
 from tests.security.conftest import (
     RawReply,
     hardened_settings,
+    header_values,
     http_request,
     raw_exchange,
     sample,
@@ -57,9 +59,7 @@ def header(reply: RawReply, name: str) -> str | None:
     return None if match is None else match.group(1).decode()
 
 
-def assert_answered_like_the_broker(
-    reply: RawReply, error: BrokerError, *, closed: bool = True
-) -> None:
+def assert_answered_like_the_broker(reply: RawReply, error: BrokerError) -> None:
     assert reply.statuses == [error.status], reply.data[:300]
     assert reply.body_json() == error.body()
     assert header(reply, "Content-Type") == "application/json; charset=utf-8"
@@ -68,7 +68,7 @@ def assert_answered_like_the_broker(
     assert re.fullmatch(r"[0-9a-f]{32}", header(reply, "X-Request-Id") or "")
     assert b"aiohttp" not in reply.data
     assert b"Python" not in reply.data
-    assert reply.closed == closed
+    assert reply.closed
 
 
 @pytest.fixture
@@ -151,8 +151,51 @@ async def test_connect_is_the_brokers_405_and_never_a_tunnel(
 
 async def test_the_asterisk_target_reaches_the_catch_all_route(client: BrokerClient) -> None:
     """``OPTIONS *`` matches no path pattern; the catch-all takes it all the same."""
-    reply = await send(client, http_request("OPTIONS", "*"))
-    assert_answered_like_the_broker(reply, NotFound(), closed=False)
+    reply = await send(client, http_request("OPTIONS", "*", [("Connection", "close")]))
+    assert_answered_like_the_broker(reply, NotFound())
+
+
+@pytest.mark.parametrize("expect", ["something", "100-continue, x", "200-ok"])
+async def test_an_unknown_expectation_is_ignored_and_never_forwarded(
+    client: BrokerClient, sandbox: Sandbox, expect: str
+) -> None:
+    """aiohttp's default would refuse it with its own text 417, before the front door."""
+    session = await new_session(client)
+    await sandbox.reset()
+    headers = [("Authorization", f"Bearer {session}"), ("Expect", expect), ("Connection", "close")]
+    reply = await send(client, http_request("GET", "/checkout/invoice", headers))
+    assert reply.statuses == [200], reply.data[:300]
+    assert header(reply, "Server") == "token-broker"
+    [forwarded] = await sandbox.checkout_requests()
+    assert header_values(forwarded, "Expect") == []
+
+
+async def test_100_continue_gets_the_interim_answer_then_the_forwarded_one(
+    client: BrokerClient, sandbox: Sandbox
+) -> None:
+    session = await new_session(client)
+    await sandbox.reset()
+    body = b'{"payment_method_id": "pm_1"}'
+    headers = [
+        ("Authorization", f"Bearer {session}"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("Expect", "100-continue"),
+    ]
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(http_request("POST", "/checkout/payments", headers))  # the head alone
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3.0)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3.0)
+    finally:
+        writer.close()
+    assert b"\r\nServer: token-broker\r\n" in final
+    [forwarded] = await sandbox.checkout_requests()
+    assert forwarded["raw_path"] == "/checkout/payments"
+    assert header_values(forwarded, "Expect") == []
 
 
 # -- the runner on an app of its own: handlers that escape without a front door --------
