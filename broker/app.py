@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from broker import admin, handlers
 from broker.access_log import AccessLogger
-from broker.cors import SERVER
+from broker.cors import finish_headers
 from broker.gateway import Gateway
 from broker.keys import admin_key_key, gateway_key, registry_key
 from broker.metrics import Metrics
@@ -94,7 +94,7 @@ def create_metrics_app(registry: CollectorRegistry) -> web.Application:
 
 
 async def _name_the_server(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers[hdrs.SERVER] = SERVER  # not aiohttp's, which names its version
+    finish_headers(request, response.headers, None)  # our Server, not aiohttp's version
 
 
 async def _gateway_lifetime(app: web.Application) -> AsyncIterator[None]:

@@ -234,6 +234,11 @@ def error_response(request: web.Request, exc: BrokerError) -> web.Response:
         request.app[gateway_key].metrics.auth_failures.labels(reason=exc.reason).inc()
     if exc.status >= 500:
         log.warning("request_failed", code=exc.code, detail=exc.detail)
+    return shaped_error(exc)
+
+
+def shaped_error(exc: BrokerError) -> web.Response:
+    """*exc* in the upstream's error shape, with the headers its status calls for."""
     headers = {hdrs.CACHE_CONTROL: "no-store"}
     if exc.retry_after is not None:
         headers[hdrs.RETRY_AFTER] = str(max(1, math.ceil(exc.retry_after)))

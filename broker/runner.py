@@ -24,7 +24,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import ContentEncodingError
 
-from broker.cors import SERVER
+from broker.cors import finish_headers
 from broker.errors import (
     BadRequest,
     BrokerError,
@@ -35,7 +35,7 @@ from broker.errors import (
 from broker.exchange import UNMATCHED
 from broker.gateway import Gateway
 from broker.keys import exchange_key, gateway_key
-from broker.middlewares import REQUEST_ID_HEADER, new_request_id
+from broker.middlewares import REQUEST_ID_HEADER, new_request_id, shaped_error
 
 # What aiohttp's statuses mean here: its parser refuses with 400, a handler that times
 # out gives 504, anything else that escapes a handler gives 500.
@@ -91,15 +91,9 @@ class _GatewayServer(web.Server):
         exchange = request.get(exchange_key)  # set when the front door saw the request
         request_id = new_request_id() if exchange is None else exchange.request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        response = web.json_response(
-            error.body(),
-            status=error.status,
-            headers={
-                hdrs.CACHE_CONTROL: "no-store",
-                hdrs.SERVER: SERVER,
-                REQUEST_ID_HEADER: request_id,
-            },
-        )
+        response = shaped_error(error)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        finish_headers(request, response.headers, None)  # no CORS: the Origin is unread
         response.force_close()
         if exchange is None and self.gateway is not None:  # else the front door counted it
             self.gateway.metrics.request_done(UNMATCHED, "OTHER", error.status, 0.0)
