@@ -269,6 +269,13 @@ async def raw_exchange(host: str, port: int, payload: bytes, *, wait: float = 2.
     return RawReply(data=data, closed=closed, elapsed=loop.time() - started)
 
 
+async def send_to(client: BrokerClient, payload: bytes, *, wait: float = 3.0) -> RawReply:
+    """*payload* as raw bytes to the broker under test."""
+    assert client.server.host is not None
+    assert client.server.port is not None
+    return await raw_exchange(client.server.host, client.server.port, payload, wait=wait)
+
+
 def http_request(
     method: str,
     target: str | bytes,

@@ -20,8 +20,8 @@ from tests.security.conftest import (
     http_request,
     idp_claims,
     init_with_idp,
-    raw_exchange,
     roomy_limits,
+    send_to,
     sign_idp,
     split_responses,
     upstream_traffic,
@@ -59,9 +59,7 @@ def endpoint_headers(path: str, session: str) -> list[tuple[str, str]]:
 
 
 async def send(client: BrokerClient, payload: bytes, wait: float = 3.0) -> tuple[int | None, bytes]:
-    assert client.server.host is not None
-    assert client.server.port is not None
-    reply = await raw_exchange(client.server.host, client.server.port, payload, wait=wait)
+    reply = await send_to(client, payload, wait=wait)
     return reply.first_status, reply.bodies[0] if reply.bodies else b""
 
 

@@ -14,7 +14,7 @@ from tests.security.conftest import (
     each_transport,
     hardened_settings,
     http_request,
-    raw_exchange,
+    send_to,
     upstream_traffic,
 )
 
@@ -118,14 +118,10 @@ def _auth(session: str) -> dict[str, str]:
 async def send_raw(
     client: BrokerClient, method: str, target: bytes | str, session: str, body: bytes = b""
 ) -> tuple[int | None, bytes]:
-    assert client.server.host is not None
-    assert client.server.port is not None
     headers = [("Authorization", f"Bearer {session}"), ("Connection", "close")]
     if body:
         headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-    reply = await raw_exchange(
-        client.server.host, client.server.port, http_request(method, target, headers, body)
-    )
+    reply = await send_to(client, http_request(method, target, headers, body), wait=2.0)
     return reply.first_status, reply.bodies[0] if reply.bodies else b""
 
 

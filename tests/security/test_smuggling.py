@@ -22,13 +22,12 @@ import pytest
 from tests.conftest import BrokerClient, MakeBroker, new_session
 from tests.helpers import Sandbox
 from tests.security.conftest import (
-    RawReply,
     each_transport,
     hardened_settings,
     header_values,
     http_request,
-    raw_exchange,
     roomy_limits,
+    send_to,
     upstream_traffic,
 )
 
@@ -168,12 +167,6 @@ async def primed_session(client: BrokerClient, sandbox: Sandbox) -> str:
     return session
 
 
-async def send(client: BrokerClient, payload: bytes) -> RawReply:
-    assert client.server.host is not None
-    assert client.server.port is not None
-    return await raw_exchange(client.server.host, client.server.port, payload, wait=3.0)
-
-
 def test_the_parser_in_use_is_the_one_this_run_asked_for() -> None:
     parser = aiohttp.http_parser.HttpRequestParser
     if PURE_PYTHON:
@@ -187,7 +180,7 @@ async def test_ambiguous_framing_is_refused_and_nothing_is_forwarded(
     client: BrokerClient, sandbox: Sandbox, case: str
 ) -> None:
     session = await primed_session(client, sandbox)
-    reply = await send(client, CASES[case](session))
+    reply = await send_to(client, CASES[case](session))
     refusals = [[400], []]
     if case == "chunk_size_overflow" and PURE_PYTHON:
         # The pure-Python parser takes 16**20 as a (huge) chunk size and waits for it:
@@ -210,7 +203,7 @@ async def test_control_a_well_framed_chunked_post_is_forwarded(
     """Proves the harness sees forwarding: the same head with clean framing goes through."""
     session = await primed_session(client, sandbox)
     payload = head(session, "Transfer-Encoding: chunked", "Connection: close") + chunked(b"{}")
-    reply = await send(client, payload)
+    reply = await send_to(client, payload)
     assert reply.statuses == [400]  # the sandbox's validation error, passed through
     (seen,) = upstream_traffic(await sandbox.requests())
     assert (seen["raw_path"], seen["body"]) == (OUTER_PATH, "{}")
@@ -226,7 +219,7 @@ async def test_control_pipelined_requests_are_each_answered_and_forwarded(
         "GET", SMUGGLED_PATH, [("Authorization", f"Bearer {session}"), ("Connection", "close")]
     )
     payload = head(session, "Content-Length: 2") + b"{}" + last
-    reply = await send(client, payload)
+    reply = await send_to(client, payload)
     assert reply.statuses == [400, 200], reply.data
     paths = [r["raw_path"] for r in upstream_traffic(await sandbox.requests())]
     assert paths == [OUTER_PATH, SMUGGLED_PATH]
@@ -246,7 +239,7 @@ async def test_a_request_inside_a_well_framed_body_stays_body_upstream(
         payload = head(session, "Transfer-Encoding: chunked") + chunked(inner)
     else:
         payload = head(session, f"Content-Length: {len(inner)}") + inner
-    reply = await send(
+    reply = await send_to(
         client,
         payload
         + http_request(

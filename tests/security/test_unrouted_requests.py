@@ -30,6 +30,7 @@ from tests.security.conftest import (
     http_request,
     raw_exchange,
     sample,
+    send_to,
     upstream_traffic,
 )
 
@@ -83,17 +84,11 @@ async def client(
     return await make_broker(hardened_settings(sandbox.url), registry)
 
 
-async def send(client: BrokerClient, payload: bytes) -> RawReply:
-    assert client.server.host is not None
-    assert client.server.port is not None
-    return await raw_exchange(client.server.host, client.server.port, payload, wait=3.0)
-
-
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 async def test_a_request_the_parser_refuses_gets_the_brokers_400_and_no_echo(
     client: BrokerClient, case: str
 ) -> None:
-    reply = await send(client, MALFORMED[case])
+    reply = await send_to(client, MALFORMED[case])
     assert_answered_like_the_broker(reply, BadRequest())
     assert SECRET.encode() not in reply.data
 
@@ -106,7 +101,7 @@ async def test_a_refused_request_is_counted_and_logged_without_its_bytes(
     labels = {"route": "unmatched", "method": "OTHER", "status": "400"}
     before = sample(registry, "broker_requests_total", labels)
     payload = http_request("GET", "/checkout/invoice", [("Authorization", f"Bearer {session}\x01")])
-    reply = await send(client, payload)
+    reply = await send_to(client, payload)
     assert reply.statuses == [400]
     assert sample(registry, "broker_requests_total", labels) == before + 1
     [finished] = [e for e in logs.events("request_finished") if e["status"] == 400]
@@ -143,7 +138,7 @@ async def test_connect_is_the_brokers_405_and_never_a_tunnel(
 ) -> None:
     labels = {"route": "unmatched", "method": "OTHER", "status": "405"}
     payload = b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\nSSH-2.0-x\r\n"
-    reply = await send(client, payload)
+    reply = await send_to(client, payload)
     assert_answered_like_the_broker(reply, MethodNotAllowed())
     assert sample(registry, "broker_requests_total", labels) == 1
     assert upstream_traffic(await sandbox.requests()) == []
@@ -151,7 +146,7 @@ async def test_connect_is_the_brokers_405_and_never_a_tunnel(
 
 async def test_the_asterisk_target_reaches_the_catch_all_route(client: BrokerClient) -> None:
     """``OPTIONS *`` matches no path pattern; the catch-all takes it all the same."""
-    reply = await send(client, http_request("OPTIONS", "*", [("Connection", "close")]))
+    reply = await send_to(client, http_request("OPTIONS", "*", [("Connection", "close")]))
     assert_answered_like_the_broker(reply, NotFound())
 
 
@@ -163,7 +158,7 @@ async def test_an_unknown_expectation_is_ignored_and_never_forwarded(
     session = await new_session(client)
     await sandbox.reset()
     headers = [("Authorization", f"Bearer {session}"), ("Expect", expect), ("Connection", "close")]
-    reply = await send(client, http_request("GET", "/checkout/invoice", headers))
+    reply = await send_to(client, http_request("GET", "/checkout/invoice", headers))
     assert reply.statuses == [200], reply.data[:300]
     assert header(reply, "Server") == "token-broker"
     [forwarded] = await sandbox.checkout_requests()
