@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import jwt
@@ -35,7 +36,9 @@ _DEFAULT_ALGORITHMS = {"RSA": ("RS256",), "EC": ("ES256",), "OKP": ("EdDSA",), "
 
 @dataclass(frozen=True, slots=True)
 class VerificationKey:
-    key: object
+    # A public key object, a PyJWK's key or a shared secret: what jwt.decode takes. (Not
+    # `object`: mypyc cannot resolve that annotation in a compiled dataclass.)
+    key: Any
     algorithms: frozenset[str]
 
 
@@ -78,7 +81,7 @@ class IdentityVerifier:
         try:
             claims = jwt.decode(
                 token,
-                key.key,  # type: ignore[arg-type]  # a PyJWK key object or bytes
+                key.key,
                 algorithms=[algorithm],
                 audience=settings.audience,
                 issuer=settings.issuer,

@@ -15,7 +15,7 @@ import functools
 import re
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 from multidict import CIMultiDictProxy
 from yarl import URL
@@ -104,10 +104,8 @@ class LeanResponse:
     async def read_exactly(self, size: int) -> bytes:
         return await self._live().read_exactly(size)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        conn = self._live()
-        while chunk := await conn.next_chunk():
-            yield chunk
+    async def next_chunk(self) -> bytes:
+        return await self._live().next_chunk()
 
     def release(self) -> None:
         conn, self._conn = self._conn, None

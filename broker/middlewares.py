@@ -83,7 +83,8 @@ def _new_request_ids() -> Iterator[str]:
     64-bit prefix per process and a counter. Correlation ids, not secrets (a caller may
     choose its own)."""
     prefix = os.urandom(8).hex()
-    return (f"{prefix}{n:016x}" for n in itertools.count(1))
+    for n in itertools.count(1):  # a loop, not a generator expression: mypyc makes those lists
+        yield f"{prefix}{n:016x}"
 
 
 _request_ids = _new_request_ids()

@@ -158,7 +158,7 @@ async def stream_back(
     await response.prepare(request)
     # A failure from here on propagates: aiohttp drops the connection and the client
     # sees a truncated body, never a well-framed but incomplete one.
-    async for chunk in upstream.chunks():
+    while chunk := await upstream.next_chunk():
         await response.write(chunk)
     await response.write_eof()
     return response

@@ -11,7 +11,7 @@ exceptions are translated the same way by ``upstream.UpstreamCall``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
 import aiohttp
@@ -49,8 +49,11 @@ class UpstreamResponse(Protocol):
     async def read_exactly(self, size: int) -> bytes:
         """The next *size* body bytes; UpstreamProtocolError if the body ends first."""
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        """The rest of the body, as it arrives."""
+    async def next_chunk(self) -> bytes:
+        """The next part of the body as it arrives, or b"" once the body is over.
+
+        A coroutine rather than an async generator: the modules that mypyc compiles
+        (``scripts/native.py``) cannot hold async generators."""
 
     def release(self) -> None:
         """Give the connection back (or close it if the body was not fully read)."""
@@ -92,9 +95,8 @@ class AiohttpResponse:
         except asyncio.IncompleteReadError as exc:
             raise UpstreamProtocolError("body shorter than its Content-Length") from exc
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._response.content.iter_chunked(STREAM_CHUNK):
-            yield chunk
+    async def next_chunk(self) -> bytes:
+        return await self._response.content.read(STREAM_CHUNK)
 
     def release(self) -> None:
         self._response.release()

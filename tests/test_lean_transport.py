@@ -155,7 +155,7 @@ def url(lean: LeanTransport, target: str = "/base/x") -> URL:
 
 async def read_all(response: UpstreamResponse, into: list[bytes] | None = None) -> bytes:
     chunks = [] if into is None else into
-    async for chunk in response.chunks():
+    while chunk := await response.next_chunk():
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -224,7 +224,7 @@ async def test_chunked_body_is_dechunked_and_trailers_ignored(make_upstream: Mak
     response = await lean.send("GET", url(lean), {}, None)
     assert response.content_length is None
     assert "X-Sum" not in response.headers
-    assert b"".join([c async for c in response.chunks()]) == b"hello, world"
+    assert await read_all(response) == b"hello, world"
     response.release()
     assert await get(lean) == b"hello, world"  # trailers left nothing behind
     assert upstream.connections == 1
@@ -264,7 +264,7 @@ async def test_a_slow_reader_pauses_the_upstream(make_upstream: MakeUpstream) ->
     conn = response._conn  # type: ignore[attr-defined]
     assert conn._buffered < 2 * HIGH_WATER + 2**20
     received = 0
-    async for chunk in response.chunks():
+    while chunk := await response.next_chunk():
         received += len(chunk)
     response.release()
     assert received == size
@@ -301,7 +301,7 @@ async def test_a_close_delimited_body_is_read_to_the_end(make_upstream: MakeUpst
     upstream, lean = await make_upstream(answer(raw, keep=False))
     response = await lean.send("GET", url(lean), {}, None)
     assert response.content_length is None
-    assert b"".join([c async for c in response.chunks()]) == b"until the end"
+    assert await read_all(response) == b"until the end"
     response.release()
     assert await get(lean) == b"until the end"
     assert upstream.connections == 2
@@ -639,7 +639,7 @@ async def test_no_body_statuses_have_no_body_and_keep_the_connection(
     for _ in range(2):
         response = await lean.send("GET", url(lean), {}, None)
         assert (response.status, response.content_length) == (status, length)
-        assert [c async for c in response.chunks()] == []
+        assert await response.next_chunk() == b""
         response.release()
     assert upstream.connections == 1
 
@@ -650,7 +650,7 @@ async def test_a_head_answer_has_no_body(make_upstream: MakeUpstream) -> None:
     response = await lean.send("HEAD", url(lean), {}, None)
     assert (response.status, response.content_length) == (200, 0)
     assert await response.read_exactly(0) == b""
-    assert [c async for c in response.chunks()] == []
+    assert await response.next_chunk() == b""
     response.release()
 
 
