@@ -179,7 +179,8 @@ def _codes(
     codes = {code for found in parts.values() for code in found}
     if len(codes) <= 1:
         return (
-            f"- broker code measured: {next(iter(codes), '-')} (commit[+local:<hash of changes>])"
+            f"- broker code measured: {next(iter(codes), '-')} "
+            "(commit[+local:<hash of changes>][+compiled: the mypyc build])"
         )
     each = "; ".join(f"{part} {', '.join(sorted(found))}" for part, found in parts.items())
     return f"- **broker/ changed during the run**; code measured by each part: {each}"

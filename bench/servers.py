@@ -200,9 +200,22 @@ def broker_code() -> str:
     untracked = git("ls-files", "--others", "--exclude-standard", "--", "broker").split()
     for path in sorted(untracked):
         changes.update(path + b"\0" + (repo / path.decode()).read_bytes())
+    compiled = "+compiled" if _compiled_build(repo) else ""
     if not untracked and changes.digest() == hashlib.sha256(b"").digest():
-        return head
-    return f"{head}+local:{changes.hexdigest()[:8]}"
+        return head + compiled
+    return f"{head}+local:{changes.hexdigest()[:8]}{compiled}"
+
+
+def _compiled_build(repo: Path) -> bool:
+    """Whether broker/ holds the mypyc build of its request path (scripts/native.py); a
+    stale one (older than its sources) would measure other code: the run stops."""
+    native = repo / "scripts" / "native.py"
+    check = subprocess.run(
+        [sys.executable, str(native), "check"], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        raise BenchError(check.stderr.strip())
+    return any((repo / "broker").glob("relay.*.so"))
 
 
 def _payload(name: str) -> str:

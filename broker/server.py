@@ -13,7 +13,7 @@ from typing import Any
 import prometheus_client
 from aiohttp import web
 
-from broker import __version__
+from broker import __version__, compiled
 from broker.access_log import AccessLogger
 from broker.app import create_admin_app, create_app, create_metrics_app, runner_options
 from broker.keys import gateway_key
@@ -66,7 +66,13 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    log.info("broker_started", version=__version__, listening=urls, pid=os.getpid())
+    log.info(
+        "broker_started",
+        version=__version__,
+        compiled=compiled(),
+        listening=urls,
+        pid=os.getpid(),
+    )
     if on_started is not None:
         await on_started(urls)
     await stop.wait()

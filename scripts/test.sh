@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: sets up .venv on first use, then lint, types, tests.
+# Tests run against what broker/ holds: plain Python, or the mypyc build of the request
+# path if `python scripts/native.py build` made one (refused when older than its sources).
 # Tests start their own servers on 127.0.0.1 (sandbox, brokers, redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,10 +17,11 @@ fi
 if [ ! -x .venv/bin/pytest ] || [ pyproject.toml -nt .venv/.installed ]; then
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[dev,redis]'
+  .venv/bin/pip install -q -e '.[dev,redis,native]'
   touch .venv/.installed
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy broker tests bench
+.venv/bin/mypy broker tests bench scripts
+.venv/bin/python scripts/native.py check
 .venv/bin/pytest "$@"

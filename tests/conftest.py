@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any, cast
@@ -17,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from broker import compiled
 from broker.app import create_app, runner_options
 from broker.logs import configure_logging
 from broker.runner import GatewayRunner
@@ -27,6 +29,17 @@ from tests.helpers import API_KEY, Sandbox, auth, make_settings
 BrokerClient = TestClient[web.Request, web.Application]
 MakeSandbox = Callable[..., Awaitable[Sandbox]]
 MakeBroker = Callable[..., Awaitable[BrokerClient]]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """BROKER_TEST_COMPILED=1 (or 0): the suite must run against the mypyc build of the
+    request path (or plain Python), so that CI's second pass cannot test the wrong one."""
+    expected = os.environ.get("BROKER_TEST_COMPILED")
+    if expected is not None and compiled() != (expected == "1"):
+        raise pytest.UsageError(
+            f"BROKER_TEST_COMPILED={expected}, but broker.compiled() is {compiled()}: "
+            "run python scripts/native.py build (or clean)"
+        )
 
 
 @pytest.fixture
