@@ -4,7 +4,7 @@ as plain Python.
 
     python scripts/native.py build    # broker/<module>.*.so next to each compiled .py
     python scripts/native.py clean    # remove them: plain Python again
-    python scripts/native.py check    # exit 1 if a compiled module is older than its source
+    python scripts/native.py check    # exit 1 if the build is older than a source in broker/
 
 Python imports ``broker/x.*.so`` before ``broker/x.py``, so a stale build would shadow an
 edited source: ``scripts/test.sh`` runs ``check`` first. Needs mypy and setuptools (the
@@ -71,15 +71,17 @@ def stale() -> list[str]:
     built = {p.name.split(".", 1)[0]: p for p in builds()}
     if not built:
         return []
-    problems = []
-    for source in sources():
-        binary = built.get(source.stem)
-        if binary is None:
-            problems.append(f"{source.name} has no compiled module")
-        elif binary.stat().st_mtime < source.stat().st_mtime:
-            problems.append(f"{source.name} changed after it was compiled")
-    for name in built.keys() - {p.stem for p in sources()} - {"_native__mypyc"}:
+    problems = [
+        f"{source.name} has no compiled module" for source in sources() if source.stem not in built
+    ]
+    for name in sorted(built.keys() - {p.stem for p in sources()} - {"_native__mypyc"}):
         problems.append(f"{name} is compiled but is not to be")
+    # Any module, compiled or not: compiled code calls the plain modules with the types
+    # it was compiled against, and checks them at run time.
+    built_at = min(binary.stat().st_mtime for binary in built.values())
+    for source in sorted(PACKAGE.glob("*.py")):
+        if source.stat().st_mtime > built_at:
+            problems.append(f"{source.name} changed after the build")
     return problems
 
 

@@ -32,12 +32,13 @@ def compiled_names() -> list[str]:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """A copy of scripts/native.py and a broker/ with every compiled module's source."""
+    """A copy of scripts/native.py, and a broker/ with every compiled module's source and
+    one plain module's."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(SCRIPT, tmp_path / "scripts" / "native.py")
     package = tmp_path / "broker"
     package.mkdir()
-    for name in compiled_names():
+    for name in [*compiled_names(), "settings"]:  # settings: a module left plain
         (package / f"{name}.py").write_text("")
     return tmp_path
 
@@ -67,14 +68,15 @@ def test_a_build_newer_than_its_sources_passes(tree: Path) -> None:
     assert check(tree).returncode == 0
 
 
-def test_a_source_edited_after_the_build_is_refused(tree: Path) -> None:
+@pytest.mark.parametrize("module", ["relay", "settings"])  # compiled, and plain
+def test_a_source_edited_after_the_build_is_refused(tree: Path, module: str) -> None:
     build(tree, compiled_names())
-    source = tree / "broker" / "relay.py"
+    source = tree / "broker" / f"{module}.py"
     later = (tree / "broker" / f"relay{SUFFIX}").stat().st_mtime + 10
     os.utime(source, (later, later))
     done = check(tree)
     assert done.returncode == 1
-    assert "relay.py changed after it was compiled" in done.stderr
+    assert f"{module}.py changed after the build" in done.stderr
 
 
 def test_a_partial_build_is_refused(tree: Path) -> None:
