@@ -32,7 +32,6 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRAC
 # Framing is the transport's business; a caller's value would desynchronise the stream.
 _OWN_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_UNSAFE_VALUE = re.compile(r"[\r\n\x00]")  # would end the field early: request smuggling
 _UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 
@@ -198,8 +197,11 @@ class LeanTransport:
             if _sent_field(name):
                 parts += (name, ": ", value, "\r\n")
                 values.append(value)
-        # One scan over every value (a tab cannot hide or fake an unsafe character).
-        if _UNSAFE_VALUE.search("\t".join(values)):
+        # CR, LF or NUL would end the field early: request smuggling. One scan per character
+        # over every value (a tab cannot hide or fake one); a memchr each, where a regex
+        # character class stepped through the ~1 KB of values at ~2 ns a byte.
+        joined = "\t".join(values)
+        if "\r" in joined or "\n" in joined or "\x00" in joined:
             raise ValueError("header value with unsafe characters")
         if body is not None:  # also 0 for an empty POST: never chunked on our side
             parts.append(f"Content-Length: {len(body)}\r\n")
