@@ -19,9 +19,8 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import structlog
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.typedefs import Handler
 
@@ -37,7 +36,7 @@ from broker.errors import (
 from broker.exchange import UNMATCHED, Exchange
 from broker.gateway import Gateway
 from broker.keys import exchange_key, gateway_key
-from broker.logs import get_logger
+from broker.logs import get_logger, request_id_var
 from broker.sessions import AuthFailure
 from broker.throttle import client_ip
 
@@ -75,26 +74,22 @@ def request_id_for(request: web.BaseRequest) -> str:
 
 
 def new_request_id() -> str:
-    return next(_request_ids)
-
-
-def _new_request_ids() -> Iterator[str]:
     """Ids unique across processes and restarts without a syscall per request: a random
-    64-bit prefix per process and a counter. Correlation ids, not secrets (a caller may
-    choose its own)."""
-    prefix = os.urandom(8).hex()
-    for n in itertools.count(1):  # a loop, not a generator expression: mypyc makes those lists
-        yield f"{prefix}{n:016x}"
-
-
-_request_ids = _new_request_ids()
+    64-bit prefix per process and a counter, as 32 hex digits. Correlation ids, not
+    secrets (a caller may choose its own)."""
+    return (_request_id_prefix + next(_request_numbers)).to_bytes(16, "big").hex()
 
 
 def _reseed_request_ids() -> None:
-    global _request_ids  # noqa: PLW0603 - a forked worker must not repeat its parent's ids
-    _request_ids = _new_request_ids()
+    # Called at import, and in a forked worker, which must not repeat its parent's ids.
+    global _request_id_prefix, _request_numbers  # noqa: PLW0603
+    _request_id_prefix = int.from_bytes(os.urandom(8), "big") << 64
+    _request_numbers = itertools.count(1)
 
 
+_request_id_prefix = 0
+_request_numbers = itertools.count(1)
+_reseed_request_ids()
 os.register_at_fork(after_in_child=_reseed_request_ids)
 
 
@@ -112,7 +107,7 @@ def front_door(*, public: bool) -> Door:
             metrics = gateway.metrics
             exchange = Exchange(request_id=request_id_for(request), route=_route_template(request))
             request[exchange_key] = exchange
-            structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
+            request_id_var.set(exchange.request_id)
             method = request.method if request.method in _KNOWN_METHODS else "OTHER"
             started = time.perf_counter()
             status = 500  # counted if the connection is reset mid-answer

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any
 
-import structlog
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import ContentEncodingError
 
@@ -35,6 +34,7 @@ from broker.errors import (
 from broker.exchange import UNMATCHED
 from broker.gateway import Gateway
 from broker.keys import exchange_key, gateway_key
+from broker.logs import request_id_var
 from broker.middlewares import REQUEST_ID_HEADER, new_request_id, shaped_error
 
 # What aiohttp's statuses mean here: its parser refuses with 400, a handler that times
@@ -90,7 +90,7 @@ class _GatewayServer(web.Server):
         """*error* as the front door would answer it, for a request it did not see."""
         exchange = request.get(exchange_key)  # set when the front door saw the request
         request_id = new_request_id() if exchange is None else exchange.request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        request_id_var.set(request_id)
         response = shaped_error(error)
         response.headers[REQUEST_ID_HEADER] = request_id
         finish_headers(request, response.headers, None)  # no CORS: the Origin is unread
