@@ -57,6 +57,8 @@ class Gateway:
         self.api_keys = ApiKeys(settings.sessions.api_keys)
         self.routes = RouteTable(settings.routes.allow, allow_any=settings.routes.allow_any)
         self.cors = CorsPolicy(settings.cors)
+        # Every proxied URL starts with this: made once, not per request (yarl's str()).
+        self.upstream_origin = str(settings.upstream.base_url).rstrip("/")
         limits = settings.limits
         self.ip_throttle = TokenBuckets(limits.ip_requests_per_second, limits.ip_burst)
         self.session_throttle = TokenBuckets(

@@ -77,7 +77,7 @@ async def issue_session(request: web.Request) -> web.Response:
     if not is_partner_backend:
         # Browsers and key guessers are limited per IP; a partner backend issues
         # sessions for all its users from a few addresses, so its key is not.
-        gateway.init_throttle.take(remote_address(request))
+        gateway.init_throttle.take(remote_address(request, gateway))
     customer_id, invoice_id = await _read_ids(request)
     if is_partner_backend:
         auth = "api_key"
@@ -135,7 +135,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     gateway.session_throttle.take(session.digest)
     limits = gateway.settings.limits
     body = await read_body(request, limits.max_body_bytes, limits.body_timeout)
-    url = upstream_url(gateway.settings.upstream.base_url, raw_path, raw_query)
+    url = upstream_url(gateway.upstream_origin, raw_path, raw_query)
     tokens = gateway.connected.tokens
 
     lookup = tokens.cached(session.key) or await tokens.wait_for_mint(session.key)

@@ -206,7 +206,7 @@ def _guard(request: web.Request, gateway: Gateway) -> web.Response | None:
     if hdrs.CONTENT_LENGTH in headers and hdrs.TRANSFER_ENCODING in headers:
         raise BadRequest("Content-Length and Transfer-Encoding together.")
     if request[exchange_key].route not in _UNTHROTTLED_ROUTES:
-        gateway.ip_throttle.take(remote_address(request))
+        gateway.ip_throttle.take(remote_address(request, gateway))
     if gateway.cors.is_preflight(request):
         if not gateway.cors.allows(headers.get(hdrs.ORIGIN)):
             raise Forbidden("origin not allowed")
@@ -214,9 +214,9 @@ def _guard(request: web.Request, gateway: Gateway) -> web.Response | None:
     return None
 
 
-def remote_address(request: web.Request) -> str:
+def remote_address(request: web.Request, gateway: Gateway) -> str:
     """The client's IP: X-Forwarded-For is believed only from trusted proxies."""
-    trusted = request.app[gateway_key].settings.server.trusted_proxies
+    trusted = gateway.settings.server.trusted_proxies
     if not trusted:  # the usual case: the TCP peer, whatever X-Forwarded-For claims
         return request.remote or "unknown"
     return client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)

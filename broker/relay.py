@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -60,7 +61,25 @@ def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     values = headers.getall(hdrs.CONNECTION, ())
     if not values:  # most browser requests: HTTP/1.1 keeps the connection by default
         return _NO_NAMES
+    if len(values) == 1:  # most answers: "keep-alive" on every one of them
+        return _listed_names(values[0])
     return frozenset(token.strip().lower() for value in values for token in value.split(","))
+
+
+# Names are few and repeat on every answer, so each is judged once; the caches are
+# bounded, so a caller sending endless new values only churns them.
+@functools.lru_cache(maxsize=256)
+def _listed_names(value: str) -> frozenset[str]:
+    return frozenset(token.strip().lower() for token in value.split(","))
+
+
+@functools.lru_cache(maxsize=1024)
+def _relayed_name(name: str) -> str:
+    """*name* lowercased, or "" when the broker never relays that field."""
+    lowered = name.lower()
+    if lowered in _DROPPED_RESPONSE_HEADERS or lowered.startswith(_DROPPED_RESPONSE_PREFIX):
+        return ""
+    return lowered
 
 
 def upstream_request_headers(
@@ -87,12 +106,8 @@ def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[
     named = connection_tokens(upstream)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
-        lowered = name.lower()
-        if (
-            lowered not in _DROPPED_RESPONSE_HEADERS
-            and lowered not in named
-            and not lowered.startswith(_DROPPED_RESPONSE_PREFIX)
-        ):
+        lowered = _relayed_name(name)
+        if lowered and lowered not in named:
             headers.add(name, value)
     headers[hdrs.CACHE_CONTROL] = "no-store"
     return headers
@@ -119,9 +134,10 @@ async def read_body(request: web.Request, limit: int, within: float) -> bytes | 
     return bytes(body)
 
 
-def upstream_url(base: URL, raw_path: str, raw_query: str) -> URL:
-    """The upstream URL with the caller's path and query kept byte for byte."""
-    target = str(base).rstrip("/") + raw_path + (f"?{raw_query}" if raw_query else "")
+def upstream_url(origin: str, raw_path: str, raw_query: str) -> URL:
+    """The upstream URL (*origin* is the base URL without its trailing "/") with the
+    caller's path and query kept byte for byte."""
+    target = origin + raw_path + (f"?{raw_query}" if raw_query else "")
     return URL(target, encoded=True)
 
 
