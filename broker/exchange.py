@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 # The route label of requests no route took (and of those refused before routing).
 UNMATCHED = "unmatched"
 
 
-@dataclass(slots=True)
 class Exchange:
-    request_id: str
-    route: str = UNMATCHED
-    customer_id: str | None = None
-    invoice_id: str | None = None
-    upstream_status: int | None = None
-    upstream_ms: float | None = None
-    token_outcome: str | None = None
-    error_code: str | None = None
-    auth: str | None = None
+    """One per request, filled in as the request goes. A plain class rather than a
+    dataclass: mypyc leaves a dataclass's generated ``__init__`` interpreted, and this
+    one runs on every request."""
+
+    __slots__ = (
+        "auth",
+        "customer_id",
+        "error_code",
+        "invoice_id",
+        "request_id",
+        "route",
+        "token_outcome",
+        "upstream_ms",
+        "upstream_status",
+    )
+
+    def __init__(self, request_id: str, route: str = UNMATCHED) -> None:
+        self.request_id = request_id
+        self.route = route
+        self.customer_id: str | None = None
+        self.invoice_id: str | None = None
+        self.upstream_status: int | None = None
+        self.upstream_ms: float | None = None
+        self.token_outcome: str | None = None
+        self.error_code: str | None = None
+        self.auth: str | None = None
