@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -24,3 +24,24 @@ def trimmed(entries: dict[K, V], keep: int, live: Callable[[V], bool]) -> dict[K
     """
     kept = [(key, value) for key, value in entries.items() if live(value)]
     return dict(kept[-keep:] if len(kept) > keep else kept) if keep > 0 else {}
+
+
+class Memo(Generic[K, V]):
+    """``compute(key)``, remembered for the first *size* distinct keys and computed
+    afresh for any key past those, so a caller sending endless new keys costs time,
+    never memory. For the few names that repeat on every request: an ``lru_cache``
+    call costs several dict lookups' worth of bookkeeping. An exception is never
+    remembered: that key is judged (and refused) every time."""
+
+    def __init__(self, compute: Callable[[K], V], size: int) -> None:
+        self._compute = compute
+        self._size = size
+        self._values: dict[K, V] = {}
+
+    def __call__(self, key: K) -> V:
+        if key in self._values:
+            return self._values[key]
+        value = self._compute(key)
+        if len(self._values) < self._size:
+            self._values[key] = value
+        return value

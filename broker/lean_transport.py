@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import re
 import ssl
 from collections import deque
@@ -20,6 +19,7 @@ from collections.abc import Mapping
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from broker.bounded import Memo
 from broker.lean_connection import ClosedBeforeAnswer, UpstreamConnection
 from broker.settings import UpstreamSettings
 from broker.transport import UpstreamResponse, UpstreamUnreachable
@@ -35,14 +35,16 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
 
-# Field name -> sent (True) or framing we own (False); names are few and fixed by the
-# caller's allowlist, so each is judged once rather than per request. An unsafe name
-# raises, and an exception is never cached: it is judged (and refused) every time.
-@functools.lru_cache(maxsize=1024)
-def _sent_field(name: str) -> bool:
+def _judge_field(name: str) -> bool:
     if not _TOKEN.fullmatch(name):
         raise ValueError(f"header {name!r} with unsafe characters")
     return name.lower() not in _OWN_FIELDS
+
+
+# Field name -> sent (True) or framing we own (False); names are few and fixed by the
+# caller's allowlist, so each is judged once rather than per request. An unsafe name
+# raises, and an exception is never remembered: it is judged (and refused) every time.
+_sent_field = Memo(_judge_field, 1024)
 
 
 class Slots:

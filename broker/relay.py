@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from broker.bounded import Memo
 from broker.cors import CorsPolicy, finish_headers
 from broker.errors import (
     BadGateway,
@@ -66,20 +66,21 @@ def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(token.strip().lower() for value in values for token in value.split(","))
 
 
-# Names are few and repeat on every answer, so each is judged once; the caches are
-# bounded, so a caller sending endless new values only churns them.
-@functools.lru_cache(maxsize=256)
-def _listed_names(value: str) -> frozenset[str]:
+def _names_in(value: str) -> frozenset[str]:
     return frozenset(token.strip().lower() for token in value.split(","))
 
 
-@functools.lru_cache(maxsize=1024)
-def _relayed_name(name: str) -> str:
+def _relayed_as(name: str) -> str:
     """*name* lowercased, or "" when the broker never relays that field."""
     lowered = name.lower()
     if lowered in _DROPPED_RESPONSE_HEADERS or lowered.startswith(_DROPPED_RESPONSE_PREFIX):
         return ""
     return lowered
+
+
+# Values and names are few and repeat on every answer: each is judged once.
+_listed_names = Memo(_names_in, 256)
+_relayed_name = Memo(_relayed_as, 1024)
 
 
 def upstream_request_headers(
