@@ -14,7 +14,6 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 from broker.coordination import LocalCoordinator, MintCoordinator
 from broker.credentials import (
@@ -51,9 +50,15 @@ FAILED = "failed"
 RENEWAL_RETRY_DELAY = 1.0
 
 
-class Lookup(NamedTuple):
-    token: CheckoutToken
-    outcome: str
+class Lookup:
+    """A token that may be forwarded now, and how it was found (the lookup metric's
+    outcome). A plain class: mypyc compiles its ``__init__``, not a NamedTuple's."""
+
+    __slots__ = ("outcome", "token")
+
+    def __init__(self, token: CheckoutToken, outcome: str) -> None:
+        self.token = token
+        self.outcome = outcome
 
 
 class CheckoutTokens:
