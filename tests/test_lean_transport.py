@@ -215,6 +215,20 @@ async def test_unsafe_request_fields_are_refused_before_any_byte_is_sent(
     assert upstream.connections == 0
 
 
+@pytest.mark.parametrize("bad", ["\r", "\n", "\x00", "\r\n"])
+@pytest.mark.parametrize("position", ["first", "last"])
+async def test_each_field_ending_character_is_refused_in_any_value(
+    make_upstream: MakeUpstream, bad: str, position: str
+) -> None:
+    upstream, lean = await make_upstream(answer(OK))
+    fields = {"Accept": "application/json", "Authorization": "Bearer " + "a" * 800}
+    name = "Accept" if position == "first" else "X-Last"
+    fields[name] = f"ok{bad}X-Injected: yes"
+    with pytest.raises(ValueError, match="unsafe"):
+        await lean.send("GET", url(lean), fields, None)
+    assert upstream.connections == 0
+
+
 async def test_chunked_body_is_dechunked_and_trailers_ignored(make_upstream: MakeUpstream) -> None:
     raw = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"

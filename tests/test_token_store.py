@@ -7,6 +7,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker import sessions, throttle
+from broker.bounded import Memo
 from broker.credentials import CheckoutToken, TokenKey
 from broker.errors import TooManyRequests
 from broker.refresh_schedule import GRANULARITY, RefreshSchedule
@@ -121,3 +122,23 @@ def test_a_one_entry_store_keeps_the_newest() -> None:
     store.put(key(2), second)
     assert store.get(key(1)) is None
     assert store.get(key(2)) is second
+
+
+def test_memo_remembers_its_first_keys_only_and_never_an_exception() -> None:
+    calls: list[str] = []
+
+    def judge(name: str) -> str:
+        calls.append(name)
+        if name == "bad":
+            raise ValueError(name)
+        return name.lower()
+
+    memo = Memo(judge, 2)
+    assert [memo("A"), memo("B"), memo("A"), memo("B")] == ["a", "b", "a", "b"]
+    assert calls == ["A", "B"]  # each judged once
+    assert [memo("C"), memo("C")] == ["c", "c"]
+    assert calls == ["A", "B", "C", "C"]  # past the bound: judged every time, never kept
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad"):
+            memo("bad")
+    assert calls[-2:] == ["bad", "bad"]
