@@ -61,9 +61,9 @@ def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     values = headers.getall(hdrs.CONNECTION, ())
     if not values:  # most browser requests: HTTP/1.1 keeps the connection by default
         return _NO_NAMES
-    if len(values) == 1:  # most answers: "keep-alive" on every one of them
-        return _listed_names(values[0])
-    return frozenset(token.strip().lower() for value in values for token in value.split(","))
+    if len(values) == 1 and len(values[0]) <= _MEMO_MAX_LENGTH:
+        return _listed_names(values[0])  # most: "keep-alive", judged once
+    return _names_in(",".join(values))
 
 
 def _names_in(value: str) -> frozenset[str]:
@@ -78,7 +78,9 @@ def _relayed_as(name: str) -> str:
     return lowered
 
 
-# Values and names are few and repeat on every answer: each is judged once.
+# Values and names are few and repeat on every answer: each is judged once. Callers and
+# the upstream choose them, so only short ones are kept: the memos stay small.
+_MEMO_MAX_LENGTH = 64
 _listed_names = Memo(_names_in, 256)
 _relayed_name = Memo(_relayed_as, 1024)
 
@@ -107,7 +109,7 @@ def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[
     named = connection_tokens(upstream)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
-        lowered = _relayed_name(name)
+        lowered = _relayed_name(name) if len(name) <= _MEMO_MAX_LENGTH else _relayed_as(name)
         if lowered and lowered not in named:
             headers.add(name, value)
     headers[hdrs.CACHE_CONTROL] = "no-store"
