@@ -141,7 +141,17 @@ def upstream_url(origin: str, raw_path: str, raw_query: str) -> URL:
     """The upstream URL (*origin* is the base URL without its trailing "/") with the
     caller's path and query kept byte for byte."""
     target = origin + raw_path + (f"?{raw_query}" if raw_query else "")
+    # Most calls repeat a few targets: their URL is parsed once (and yarl keeps what
+    # the transport reads from it), not on every request.
+    return _encoded_url(target) if len(target) <= _MEMO_URL_LENGTH else _encoded(target)
+
+
+def _encoded(target: str) -> URL:
     return URL(target, encoded=True)
+
+
+_MEMO_URL_LENGTH = 256
+_encoded_url = Memo(_encoded, 1024)
 
 
 async def relay_response(
