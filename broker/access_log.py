@@ -40,7 +40,7 @@ class AccessLogger(AbstractAccessLogger):
                 customer_id=exchange.customer_id,
                 invoice_id=exchange.invoice_id,
                 upstream_status=exchange.upstream_status,
-                upstream_ms=exchange.upstream_ms,
+                upstream_ms=_milliseconds(exchange.upstream_ms),
                 token_outcome=exchange.token_outcome,
                 error_code=exchange.error_code,
             )
@@ -51,3 +51,8 @@ class AccessLogger(AbstractAccessLogger):
         # Read by aiohttp once per connection: below info it then neither times the
         # requests nor calls log(), which would build the fields for nothing.
         return bool(log.is_enabled_for(logging.INFO))
+
+
+def _milliseconds(value: float | None) -> float | None:
+    # Rounded here, for the lines written, rather than per request: round() costs ~0.3 µs.
+    return None if value is None else round(value, 3)
