@@ -24,6 +24,7 @@ from collections.abc import Callable
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.typedefs import Handler
 
+from broker.bounded import Memo
 from broker.cors import finish_headers
 from broker.errors import (
     BadRequest,
@@ -62,8 +63,16 @@ _UNMATCHED_CANONICAL = "/{unmatched}"
 
 def _route_template(request: web.Request) -> str:
     resource = request.match_info.route.resource
-    canonical: str = UNMATCHED if resource is None else resource.canonical
+    return UNMATCHED if resource is None else _templates(resource)
+
+
+def _template_of(resource: web.AbstractResource) -> str:
+    canonical: str = resource.canonical
     return UNMATCHED if canonical == _UNMATCHED_CANONICAL else canonical
+
+
+# Resources are the app's routes, made once: each one's label is read once.
+_templates = Memo(_template_of, 1024)
 
 
 def request_id_for(request: web.BaseRequest) -> str:
@@ -114,7 +123,7 @@ def front_door(*, public: bool) -> Door:
             metrics.inflight.inc()
             try:
                 try:
-                    preflight = _guard(request, gateway) if public else None
+                    preflight = _guard(request, gateway, exchange.route) if public else None
                     # Not `preflight or ...`: a response is a mapping, falsy when empty.
                     response = await handler(request) if preflight is None else preflight
                 except Exception as exc:  # noqa: BLE001 - mapped (or re-raised) right here
@@ -197,7 +206,7 @@ def _refusal(request: web.Request, exc: Exception) -> web.Response:
     return error_response(request, BrokerError("unhandled error"))
 
 
-def _guard(request: web.Request, gateway: Gateway) -> web.Response | None:
+def _guard(request: web.Request, gateway: Gateway, route: str) -> web.Response | None:
     """Refuse ambiguous requests, apply the per-IP limit, answer CORS preflights."""
     headers = request.headers
     for name in _SINGLE_HEADERS:
@@ -205,7 +214,7 @@ def _guard(request: web.Request, gateway: Gateway) -> web.Response | None:
             raise BadRequest(f"Duplicate {name} header.")
     if hdrs.CONTENT_LENGTH in headers and hdrs.TRANSFER_ENCODING in headers:
         raise BadRequest("Content-Length and Transfer-Encoding together.")
-    if request[exchange_key].route not in _UNTHROTTLED_ROUTES:
+    if route not in _UNTHROTTLED_ROUTES:
         gateway.ip_throttle.take(remote_address(request, gateway))
     if gateway.cors.is_preflight(request):
         if not gateway.cors.allows(headers.get(hdrs.ORIGIN)):
