@@ -38,8 +38,9 @@ REPO = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results"
 
 
-def _ensure_interpreter() -> None:
-    """Re-exec under a Python that has the broker and aiohttp, if this one lacks them."""
+def ensure_interpreter(script: str = __file__) -> None:
+    """Re-exec *script* under a Python that has the broker and aiohttp, if this one
+    lacks them."""
     if all(importlib.util.find_spec(name) for name in ("broker", "aiohttp")):
         return
     venv = os.environ.get("VIRTUAL_ENV", "")
@@ -54,10 +55,10 @@ def _ensure_interpreter() -> None:
             if Path(candidate).exists():
                 # The same script again, under an interpreter that has the package.
                 os.environ["BENCH_REEXEC"] = "1"
-                os.execv(candidate, [candidate, __file__, *sys.argv[1:]])  # noqa: S606
+                os.execv(candidate, [candidate, script, *sys.argv[1:]])  # noqa: S606
     sys.exit(
-        "bench/run.py: no Python with token-broker installed; run `pip install -e .` in a venv"
-        " and start this script with that venv's python (or set BENCH_PYTHON)."
+        f"{Path(script).name}: no Python with token-broker installed; run `pip install -e .`"
+        " in a venv and start this script with that venv's python (or set BENCH_PYTHON)."
     )
 
 
@@ -217,7 +218,7 @@ def _describe(settings: RunSettings) -> str:
 
 
 def main() -> None:
-    _ensure_interpreter()
+    ensure_interpreter()
     args = _parser().parse_args()
     _check_tools()
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,25 +107,30 @@ class Launcher:
         wait_until_ok(proc, port, probe)
         return Server(name, port, proc)
 
-    def bare_proxy(self, name: str, upstream: Server, mode: str = "forward") -> Server:
-        """``mode``: "forward" (the bare aiohttp proxy), "lean" or "answer" (the floors)."""
+    def bare_proxy(
+        self, name: str, upstream: Server, mode: str = "forward", wrapper: Sequence[str] = ()
+    ) -> Server:
+        """``mode``: "forward" (the bare aiohttp proxy), "lean" or "answer" (the floors);
+        *wrapper*: a command that runs the proxy (valgrind, for bench/instructions.py)."""
         port = free_port()
         script = str(BENCH_DIR / "bare_proxy.py")
         argv = [self.python, script, "--port", str(port), "--upstream", upstream.base_url]
-        proc = self._start(name, [*argv, "--mode", mode])
-        wait_until_ok(proc, port, "/checkout/invoice")
+        proc = self._start(name, [*wrapper, *argv, "--mode", mode])
+        wait_until_ok(proc, port, "/checkout/invoice", timeout=120.0 if wrapper else 30.0)
         return Server(name, port, proc)
 
-    def broker(self, name: str, upstream: Server, options: BrokerOptions) -> Server:
+    def broker(
+        self, name: str, upstream: Server, options: BrokerOptions, wrapper: Sequence[str] = ()
+    ) -> Server:
         port = free_port()
         config = self.workdir / f"{name}.toml"
         config.write_text(self._broker_toml(port, upstream, options))
-        argv = [self.python, "-m", "broker", "serve", "--config", str(config)]
+        argv = [*wrapper, self.python, "-m", "broker", "serve", "--config", str(config)]
         code = broker_code()
         proc = self._start(name, argv)
         # With several workers each answers some probes: ask until several in a row pass.
         for _ in range(4 * options.workers):
-            wait_until_ok(proc, port, "/readyz", timeout=60.0)
+            wait_until_ok(proc, port, "/readyz", timeout=180.0 if wrapper else 60.0)
         return Server(name, port, proc, code)
 
     def signing_key(self) -> Path:

@@ -1,0 +1,102 @@
+"""User-space instructions per proxied request, counted by valgrind's callgrind.
+
+    python3 bench/instructions.py [--seconds 15] [--floor]
+
+Timings on this virtual machine swing by up to 2x within minutes; instruction counts
+do not (the same build counts within ~0.5 % from run to run, whatever else the machine
+does). So a change that saves a few per cent is read here first, then confirmed in
+time by ``bench/run.py``. What this cannot see: the kernel (callgrind counts user space
+only) and memory stalls (a lever that saves instructions but touches more memory shows
+a win here that run.py may not confirm).
+
+The broker (log level warning, the transport ``BROKER_UPSTREAM_TRANSPORT`` names, as in
+run.py) runs under callgrind behind the fast nginx upstream; wrk drives 1000 sessions
+over 16 connections for 30 s (every key minted), then counting starts, and it stops after
+the measured run: instructions / requests. ``--floor`` counts the lean floor (aiohttp's
+server and the lean client, nothing else; see bare_proxy.py) the same way. A run takes
+~2 minutes; valgrind is a Debian package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from load import Load, run_wrk
+from procs import ALL_CPUS, BenchError, Procs
+from profiles import LONG_TOKEN_TTL
+from run import ensure_interpreter
+from servers import BrokerOptions, Launcher, Server, issue_sessions
+
+CONNECTIONS = 16  # enough to keep a broker slowed ~50x by callgrind busy
+SESSIONS = 1000
+WARM_RUNS, WARM_SECONDS = 3, 10.0
+_TOTALS = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
+
+
+def main() -> None:
+    ensure_interpreter(__file__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured run")
+    parser.add_argument("--floor", action="store_true", help="also the lean floor")
+    args = parser.parse_args()
+    valgrind = shutil.which("valgrind")
+    control = shutil.which("callgrind_control")
+    if valgrind is None or control is None:
+        sys.exit("bench/instructions.py: needs valgrind (apt-get install valgrind)")
+    with TemporaryDirectory(prefix="broker-instructions-") as tmp, Procs(Path(tmp)) as procs:
+        workdir = Path(tmp)
+        launcher = Launcher(procs, workdir)
+        sandbox = launcher.sandbox("sandbox", LONG_TOKEN_TTL)
+        upstream = launcher.upstream("upstream", sandbox)
+        issuer = launcher.broker("issuer", upstream, BrokerOptions())
+        tokens = issue_sessions(issuer, SESSIONS, workdir / "tokens")
+        procs.stop(issuer.proc)
+        out = workdir / "callgrind.out"
+        wrapper = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"]
+        broker = launcher.broker("broker", upstream, BrokerOptions(), wrapper)
+        warm(broker, tokens)
+        report("broker", broker, tokens, control, out, args.seconds)
+        procs.stop(broker.proc)
+        if args.floor:
+            out = workdir / "callgrind-floor.out"
+            wrapper = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"]
+            floor = launcher.bare_proxy("floor", upstream, "lean", wrapper)
+            warm(floor, tokens)
+            report("floor: aiohttp server + lean client", floor, tokens, control, out, args.seconds)
+
+
+def warm(server: Server, tokens: Path) -> None:
+    """Every key used (and minted) a few times over, at callgrind's pace (~300 req/s)."""
+    for _ in range(WARM_RUNS):
+        run_wrk(server.base_url, tokens, Load(CONNECTIONS, WARM_SECONDS, ALL_CPUS))
+
+
+def report(
+    label: str, server: Server, tokens: Path, control: str, out: Path, seconds: float
+) -> None:
+    """Count from zero over one measured wrk run, then print instructions per request."""
+    pid = str(server.proc.popen.pid)  # valgrind runs the program in its own process
+    subprocess.run([control, "-z", pid], capture_output=True, check=True, timeout=60)
+    result = run_wrk(server.base_url, tokens, Load(CONNECTIONS, seconds, ALL_CPUS))
+    subprocess.run([control, "-d", pid], capture_output=True, check=True, timeout=60)
+    if result.non_2xx or result.socket_errors or not result.requests:
+        raise BenchError(f"{label}: {result.non_2xx} non-2xx, {result.socket_errors} errors")
+    dumps = sorted(out.parent.glob(out.name + "*"), key=lambda p: p.stat().st_mtime)
+    found = _TOTALS.search(dumps[-1].read_text()) if dumps else None
+    if found is None:
+        raise BenchError(f"{label}: no callgrind totals in {out.parent}")
+    print(
+        f"{label}: {int(found.group(1)) / result.requests:,.0f} instructions per request"
+        f" ({result.requests:,} requests)",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
