@@ -31,17 +31,22 @@ class Memo(Generic[K, V]):
     afresh for any key past those, so a caller sending endless new keys costs time,
     never memory. For the few names that repeat on every request: an ``lru_cache``
     call costs several dict lookups' worth of bookkeeping. An exception is never
-    remembered: that key is judged (and refused) every time."""
+    remembered: that key is judged (and refused) every time. *keep*, when given,
+    decides which keys may be remembered at all (say, only short ones: callers
+    choose them); it runs only when a key is computed, never on a hit."""
 
-    def __init__(self, compute: Callable[[K], V], size: int) -> None:
+    def __init__(
+        self, compute: Callable[[K], V], size: int, keep: Callable[[K], bool] | None = None
+    ) -> None:
         self._compute = compute
         self._size = size
+        self._keep = keep
         self._values: dict[K, V] = {}
 
     def __call__(self, key: K) -> V:
         if key in self._values:
             return self._values[key]
         value = self._compute(key)
-        if len(self._values) < self._size:
+        if len(self._values) < self._size and (self._keep is None or self._keep(key)):
             self._values[key] = value
         return value

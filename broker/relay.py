@@ -61,7 +61,7 @@ def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     values = headers.getall(hdrs.CONNECTION, ())
     if not values:  # most browser requests: HTTP/1.1 keeps the connection by default
         return _NO_NAMES
-    if len(values) == 1 and len(values[0]) <= _MEMO_MAX_LENGTH:
+    if len(values) == 1:
         return _listed_names(values[0])  # most: "keep-alive", judged once
     return _names_in(",".join(values))
 
@@ -78,11 +78,18 @@ def _relayed_as(name: str) -> str:
     return lowered
 
 
+def _short(text: str) -> bool:
+    return len(text) <= 64
+
+
+def _short_target(text: str) -> bool:
+    return len(text) <= 256
+
+
 # Values and names are few and repeat on every answer: each is judged once. Callers and
 # the upstream choose them, so only short ones are kept: the memos stay small.
-_MEMO_MAX_LENGTH = 64
-_listed_names = Memo(_names_in, 256)
-_relayed_name = Memo(_relayed_as, 1024)
+_listed_names = Memo(_names_in, 256, keep=_short)
+_relayed_name = Memo(_relayed_as, 1024, keep=_short)
 
 
 def upstream_request_headers(
@@ -109,7 +116,7 @@ def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[
     named = connection_tokens(upstream)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
-        lowered = _relayed_name(name) if len(name) <= _MEMO_MAX_LENGTH else _relayed_as(name)
+        lowered = _relayed_name(name)
         if lowered and lowered not in named:
             headers.add(name, value)
     headers[hdrs.CACHE_CONTROL] = "no-store"
@@ -143,15 +150,14 @@ def upstream_url(origin: str, raw_path: str, raw_query: str) -> URL:
     target = origin + raw_path + (f"?{raw_query}" if raw_query else "")
     # Most calls repeat a few targets: their URL is parsed once (and yarl keeps what
     # the transport reads from it), not on every request.
-    return _encoded_url(target) if len(target) <= _MEMO_URL_LENGTH else _encoded(target)
+    return _encoded_url(target)
 
 
 def _encoded(target: str) -> URL:
     return URL(target, encoded=True)
 
 
-_MEMO_URL_LENGTH = 256
-_encoded_url = Memo(_encoded, 1024)
+_encoded_url = Memo(_encoded, 1024, keep=_short_target)
 
 
 async def relay_response(

@@ -142,3 +142,15 @@ def test_memo_remembers_its_first_keys_only_and_never_an_exception() -> None:
         with pytest.raises(ValueError, match="bad"):
             memo("bad")
     assert calls[-2:] == ["bad", "bad"]
+
+
+def test_memo_remembers_only_the_keys_it_may_keep() -> None:
+    calls: list[str] = []
+
+    def judge(name: str) -> str:
+        calls.append(name)
+        return name.lower()
+
+    memo = Memo(judge, 10, keep=lambda name: len(name) <= 3)
+    assert [memo("Abc"), memo("Abc"), memo("Long"), memo("Long")] == ["abc", "abc", "long", "long"]
+    assert calls == ["Abc", "Long", "Long"]  # the long key judged every time, never kept
