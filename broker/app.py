@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
@@ -15,7 +15,7 @@ from broker.cors import finish_headers
 from broker.gateway import Gateway
 from broker.keys import admin_key_key, gateway_key, registry_key
 from broker.metrics import Metrics
-from broker.middlewares import add_unmatched, expect_continue, front_door
+from broker.middlewares import GET_HEAD, add_routes, add_unmatched, front_door
 from broker.sessions import ApiKeys
 from broker.settings import Settings
 
@@ -36,22 +36,19 @@ def create_app(
     app.cleanup_ctx.append(_gateway_lifetime)
     app.on_shutdown.append(_stop_being_ready)
 
-    router, door = app.router, front_door(public=True)
-    router.add_get("/healthz", door(handlers.health), expect_handler=expect_continue)
-    router.add_get("/readyz", door(handlers.readiness), expect_handler=expect_continue)
-    router.add_get("/.well-known/jwks.json", door(handlers.jwks), expect_handler=expect_continue)
+    router, door = app.router, front_door(gateway, public=True)
+    add_routes(router, door, GET_HEAD, "/healthz", handlers.health)
+    add_routes(router, door, GET_HEAD, "/readyz", handlers.readiness)
+    add_routes(router, door, GET_HEAD, "/.well-known/jwks.json", handlers.jwks)
     if serve_metrics:
-        router.add_get(
-            "/metrics", door(make_aiohttp_handler(registry)), expect_handler=expect_continue
-        )
+        add_routes(router, door, GET_HEAD, "/metrics", make_aiohttp_handler(registry))
     for path in SESSION_INIT_PATHS:
-        router.add_post(path, door(handlers.issue_session), expect_handler=expect_continue)
+        add_routes(router, door, (hdrs.METH_POST,), path, handlers.issue_session)
     for prefix in settings.upstream.proxy_prefixes:
         # [\s\S]: aiohttp matches the *decoded* path, and "." would let an encoded
         # newline fall through to a 404 instead of the path checks' 400.
-        router.add_route(
-            "*", prefix + "{tail:[\\s\\S]*}", door(handlers.proxy), expect_handler=expect_continue
-        )
+        tail = prefix + "{tail:[\\s\\S]*}"
+        add_routes(router, door, (hdrs.METH_ANY,), tail, handlers.proxy)
     add_unmatched(router, door)
     return app
 
@@ -78,9 +75,9 @@ def create_admin_app(main: web.Application) -> web.Application:
     app[gateway_key] = gateway
     app[admin_key_key] = ApiKeys((gateway.settings.admin.api_key,))
     path = "/admin/v1/customers/{customer_id}/tokens"
-    door = front_door(public=False)
-    app.router.add_get(path, door(admin.customer_tokens), expect_handler=expect_continue)
-    app.router.add_delete(path, door(admin.revoke_customer), expect_handler=expect_continue)
+    door = front_door(gateway, public=False)
+    add_routes(app.router, door, GET_HEAD, path, admin.customer_tokens)
+    add_routes(app.router, door, (hdrs.METH_DELETE,), path, admin.revoke_customer)
     add_unmatched(app.router, door)
     return app
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar, cast
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+_ABSENT: Final = object()  # what Memo's dict.get answers for a key it has not remembered
 
 
 def trim_target(bound: int) -> int:
@@ -44,8 +46,9 @@ class Memo(Generic[K, V]):
         self._values: dict[K, V] = {}
 
     def __call__(self, key: K) -> V:
-        if key in self._values:
-            return self._values[key]
+        found = self._values.get(key, _ABSENT)  # one lookup: a tuple key hashes afresh
+        if found is not _ABSENT:
+            return cast(V, found)
         value = self._compute(key)
         if len(self._values) < self._size and (self._keep is None or self._keep(key)):
             self._values[key] = value

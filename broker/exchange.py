@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+# Every answer carries its request's id, and every upstream call the request makes.
+REQUEST_ID_HEADER = "X-Request-Id"
 # The route label of requests no route took (and of those refused before routing).
 UNMATCHED = "unmatched"
 

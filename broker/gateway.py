@@ -23,6 +23,7 @@ from broker.revocations import Revocations
 from broker.routes import RouteTable
 from broker.sessions import ApiKeys, AuthFailure, Session, SessionAuthority
 from broker.settings import Settings
+from broker.targets import ProxyTargets
 from broker.throttle import TokenBuckets
 from broker.token_store import MemoryTokenStore
 from broker.transport import AiohttpTransport, UpstreamTransport
@@ -55,10 +56,13 @@ class Gateway:
         self.metrics = metrics
         self.sessions = SessionAuthority(settings.sessions)
         self.api_keys = ApiKeys(settings.sessions.api_keys)
-        self.routes = RouteTable(settings.routes.allow, allow_any=settings.routes.allow_any)
         self.cors = CorsPolicy(settings.cors)
-        # Every proxied URL starts with this: made once, not per request (yarl's str()).
-        self.upstream_origin = str(settings.upstream.base_url).rstrip("/")
+        # Every proxied URL starts with the origin: made once, not per request.
+        self.targets = ProxyTargets(
+            str(settings.upstream.base_url).rstrip("/"),
+            settings.upstream.proxy_prefixes,
+            RouteTable(settings.routes.allow, allow_any=settings.routes.allow_any),
+        )
         limits = settings.limits
         self.ip_throttle = TokenBuckets(limits.ip_requests_per_second, limits.ip_burst)
         self.session_throttle = TokenBuckets(

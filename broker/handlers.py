@@ -9,19 +9,16 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from broker.credentials import TokenKey, valid_id
-from broker.errors import BadGateway, BadRequest, MethodNotAllowed, NotFound
+from broker.errors import BadGateway, BadRequest, NotFound
 from broker.exchange import Exchange
 from broker.gateway import Gateway
 from broker.keys import exchange_key, gateway_key
 from broker.logs import get_logger
-from broker.middlewares import REQUEST_ID_HEADER, remote_address
-from broker.paths import check_proxy_target
+from broker.middlewares import remote_address
 from broker.relay import (
-    downstream_response_headers,
     read_body,
     relay_response,
     upstream_request_headers,
-    upstream_url,
 )
 from broker.sessions import AuthFailure
 from broker.transport import UpstreamResponse
@@ -29,7 +26,6 @@ from broker.upstream import UpstreamCall
 
 log = get_logger("broker.handlers")
 
-PROXY_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 NO_STORE = {hdrs.CACHE_CONTROL: "no-store"}
 MAX_INIT_BODY = 4096
 
@@ -124,19 +120,12 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     """Verify the session, swap in the checkout JWT, forward, stream the answer back."""
     gateway = request.app[gateway_key]
     exchange = request[exchange_key]
-    raw_path, raw_query = check_proxy_target(
-        request.raw_path, gateway.settings.upstream.proxy_prefixes
-    )
-    method = request.method
-    gateway.routes.check(method, raw_path)
-    if method not in PROXY_METHODS:
-        raise MethodNotAllowed()
+    url = gateway.targets.upstream_url(request.method, request.raw_path)
     session = await gateway.authenticate(bearer_token(request))
     exchange.customer_id, exchange.invoice_id = session.key
     gateway.session_throttle.take(session.digest)
     limits = gateway.settings.limits
     body = await read_body(request, limits.max_body_bytes, limits.body_timeout)
-    url = upstream_url(gateway.upstream_origin, raw_path, raw_query)
     tokens = gateway.connected.tokens
 
     lookup = tokens.cached(session.key) or await tokens.wait_for_mint(session.key)
@@ -155,9 +144,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     try:
         if 300 <= upstream.status < 400:
             raise BadGateway(f"upstream redirected ({upstream.status})")
-        headers = downstream_response_headers(upstream.headers)
-        headers[REQUEST_ID_HEADER] = exchange.request_id
-        return await relay_response(request, upstream, headers, gateway.cors)
+        return await relay_response(request, upstream, exchange.request_id, gateway.cors)
     finally:
         upstream.release()
 

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.typedefs import Handler
 
-from broker.bounded import Memo
 from broker.cors import finish_headers
 from broker.errors import (
     BadRequest,
@@ -34,7 +33,7 @@ from broker.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from broker.exchange import UNMATCHED, Exchange
+from broker.exchange import REQUEST_ID_HEADER, UNMATCHED, Exchange
 from broker.gateway import Gateway
 from broker.keys import exchange_key, gateway_key
 from broker.logs import get_logger, request_id_var
@@ -53,7 +52,6 @@ _UNTHROTTLED_ROUTES = frozenset(
     {"/healthz", "/readyz", "/metrics", "/v1/checkout-auth/init", "/checkout-auth/init"}
 )
 _KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-REQUEST_ID_HEADER = "X-Request-Id"
 
 
 # The catch-all route's path; its requests are labelled "unmatched" in logs and metrics.
@@ -61,18 +59,9 @@ _UNMATCHED_PATH = "/{unmatched:[\\s\\S]*}"
 _UNMATCHED_CANONICAL = "/{unmatched}"
 
 
-def _route_template(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return UNMATCHED if resource is None else _templates(resource)
-
-
 def _template_of(resource: web.AbstractResource) -> str:
     canonical: str = resource.canonical
     return UNMATCHED if canonical == _UNMATCHED_CANONICAL else canonical
-
-
-# Resources are the app's routes, made once: each one's label is read once.
-_templates = Memo(_template_of, 1024)
 
 
 def request_id_for(request: web.BaseRequest) -> str:
@@ -102,19 +91,20 @@ _reseed_request_ids()
 os.register_at_fork(after_in_child=_reseed_request_ids)
 
 
-Door = Callable[[Handler], Handler]
+# A door wraps one route's handler; the route's label (its path template) is known when
+# the route is added, so it is not looked up per request.
+Door = Callable[[Handler, str], Handler]
 
 
-def front_door(*, public: bool) -> Door:
+def front_door(gateway: Gateway, *, public: bool) -> Door:
     """What wraps each handler: request context, error shape and, on the public
     listener, the guards and CORS. One layer instead of three: each costs a coroutine
-    frame per request on the hot path."""
+    frame per request on the hot path. Add routes through it with ``add_routes``."""
+    metrics = gateway.metrics
 
-    def door(handler: Handler) -> Handler:
+    def door(handler: Handler, route: str) -> Handler:
         async def front(request: web.Request) -> web.StreamResponse:
-            gateway = request.app[gateway_key]
-            metrics = gateway.metrics
-            exchange = Exchange(request_id=request_id_for(request), route=_route_template(request))
+            exchange = Exchange(request_id=request_id_for(request), route=route)
             request[exchange_key] = exchange
             request_id_var.set(exchange.request_id)
             method = request.method if request.method in _KNOWN_METHODS else "OTHER"
@@ -123,7 +113,7 @@ def front_door(*, public: bool) -> Door:
             metrics.inflight.inc()
             try:
                 try:
-                    preflight = _guard(request, gateway, exchange.route) if public else None
+                    preflight = _guard(request, gateway, route) if public else None
                     # Not `preflight or ...`: a response is a mapping, falsy when empty.
                     response = await handler(request) if preflight is None else preflight
                 except Exception as exc:  # noqa: BLE001 - mapped (or re-raised) right here
@@ -145,12 +135,26 @@ def front_door(*, public: bool) -> Door:
     return door
 
 
+def add_routes(
+    router: web.UrlDispatcher, door: Door, methods: tuple[str, ...], path: str, handler: Handler
+) -> None:
+    """*handler* for *methods* on *path*, through *door*, labelled by its path template.
+    (``GET_HEAD`` is what aiohttp's ``add_get`` adds.)"""
+    resource = router.add_resource(path)
+    front = door(handler, _template_of(resource))
+    for method in methods:
+        resource.add_route(method, front, expect_handler=expect_continue)
+
+
+GET_HEAD = (hdrs.METH_GET, hdrs.METH_HEAD)
+
+
 def add_unmatched(router: web.UrlDispatcher, door: Door) -> None:
     """Add last: any target or method no other route takes gets a 404 or 405 through
     *door* (logged, counted, rate limited, error-shaped) instead of aiohttp's text."""
     resource = _EveryTarget(_UNMATCHED_PATH)
     router.register_resource(resource)
-    resource.add_route("*", door(_unmatched), expect_handler=expect_continue)
+    resource.add_route(hdrs.METH_ANY, door(_unmatched, UNMATCHED), expect_handler=expect_continue)
 
 
 async def expect_continue(request: web.Request) -> None:

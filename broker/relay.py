@@ -6,8 +6,7 @@ import asyncio
 
 import aiohttp
 from aiohttp import hdrs, web
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
+from multidict import CIMultiDictProxy
 
 from broker.bounded import Memo
 from broker.cors import CorsPolicy, finish_headers
@@ -19,6 +18,7 @@ from broker.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from broker.exchange import REQUEST_ID_HEADER
 from broker.transport import STREAM_CHUNK, UpstreamProtocolError, UpstreamResponse
 from broker.upstream import USER_AGENT
 
@@ -41,14 +41,17 @@ HOP_BY_HOP = frozenset(
 FORWARDED_REQUEST_HEADERS = ("Accept", "Accept-Language", "Content-Type", "Idempotency-Key")
 _FORWARDED = tuple((name, name.lower()) for name in FORWARDED_REQUEST_HEADERS)
 _SINGLE_VALUED = frozenset({"content-type", "idempotency-key"})
-# Never relayed to the browser: cookies, and fields the broker itself owns.
+# Never relayed to the browser: cookies, and fields the broker itself owns (it frames
+# the body it sends: Content-Length comes from the body, or the upstream's framing).
 _DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
+    "content-length",
     "set-cookie",
     "set-cookie2",
     "date",
     "server",
     "cache-control",
     "www-authenticate",
+    REQUEST_ID_HEADER.lower(),
 }
 # CORS is the broker's to answer: every upstream Access-Control-* field is dropped.
 _DROPPED_RESPONSE_PREFIX = "access-control-"
@@ -82,10 +85,6 @@ def _short(text: str) -> bool:
     return len(text) <= 64
 
 
-def _short_target(text: str) -> bool:
-    return len(text) <= 256
-
-
 # Values and names are few and repeat on every answer: each is judged once. Callers and
 # the upstream choose them, so only short ones are kept: the memos stay small.
 _listed_names = Memo(_names_in, 256, keep=_short)
@@ -108,19 +107,24 @@ def upstream_request_headers(
         headers[name] = ", ".join(values)
     headers[hdrs.AUTHORIZATION] = f"Bearer {bearer}"
     headers[hdrs.USER_AGENT] = USER_AGENT
-    headers["X-Request-Id"] = request_id
+    headers[REQUEST_ID_HEADER] = request_id
     return headers
 
 
-def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+Fields = list[tuple[str, str]]
+
+
+def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> Fields:
+    """The upstream's fields the browser may see, as pairs: aiohttp's response makes its
+    own multidict of them in one call (a multidict built here would be copied)."""
     named = connection_tokens(upstream)
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
-        lowered = _relayed_name(name)
-        if lowered and lowered not in named:
-            headers.add(name, value)
-    headers[hdrs.CACHE_CONTROL] = "no-store"
-    return headers
+    fields = [
+        (name, value)
+        for name, value in upstream.items()
+        if (lowered := _relayed_name(name)) and lowered not in named
+    ]
+    fields.append((hdrs.CACHE_CONTROL, "no-store"))
+    return fields
 
 
 async def read_body(request: web.Request, limit: int, within: float) -> bytes | None:
@@ -144,31 +148,16 @@ async def read_body(request: web.Request, limit: int, within: float) -> bytes | 
     return bytes(body)
 
 
-def upstream_url(origin: str, raw_path: str, raw_query: str) -> URL:
-    """The upstream URL (*origin* is the base URL without its trailing "/") with the
-    caller's path and query kept byte for byte."""
-    target = origin + raw_path + (f"?{raw_query}" if raw_query else "")
-    # Most calls repeat a few targets: their URL is parsed once (and yarl keeps what
-    # the transport reads from it), not on every request.
-    return _encoded_url(target)
-
-
-def _encoded(target: str) -> URL:
-    return URL(target, encoded=True)
-
-
-_encoded_url = Memo(_encoded, 1024, keep=_short_target)
-
-
 async def relay_response(
-    request: web.Request,
-    upstream: UpstreamResponse,
-    headers: CIMultiDict[str],
-    cors: CorsPolicy | None,
+    request: web.Request, upstream: UpstreamResponse, request_id: str, cors: CorsPolicy | None
 ) -> web.StreamResponse:
-    """Send the upstream's answer: small bodies in one write, large ones streamed."""
+    """Send the upstream's answer: small bodies in one write, large ones streamed. (A
+    small one leaves the request id and CORS to the front door, as every answer does;
+    a stream's headers are sent here, before the front door sees the response.)"""
+    headers = downstream_response_headers(upstream.headers)
     length = upstream.content_length
     if length is None or length > SMALL_BODY:
+        headers.append((REQUEST_ID_HEADER, request_id))
         return await stream_back(request, upstream, headers, cors)
     # Read before answering, so a broken small body is still a clean 502/504; and one
     # write of headers and body instead of three costs a third of the syscalls.
@@ -178,18 +167,16 @@ async def relay_response(
         raise GatewayTimeout("upstream body timed out") from exc
     except (aiohttp.ClientError, UpstreamProtocolError) as exc:
         raise BadGateway("upstream body broken") from exc
-    headers.popall(hdrs.CONTENT_LENGTH, None)  # web.Response sets it from the body
     return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
 
 async def stream_back(
-    request: web.Request,
-    upstream: UpstreamResponse,
-    headers: CIMultiDict[str],
-    cors: CorsPolicy | None,
+    request: web.Request, upstream: UpstreamResponse, headers: Fields, cors: CorsPolicy | None
 ) -> web.StreamResponse:
-    finish_headers(request, headers, cors)  # prepared here, not after the front door
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if upstream.content_length is not None:  # else chunked, or to EOF on HTTP/1.0
+        response.content_length = upstream.content_length
+    finish_headers(request, response.headers, cors)  # prepared here, not after the front door
     await response.prepare(request)
     # A failure from here on propagates: aiohttp drops the connection and the client
     # sees a truncated body, never a well-framed but incomplete one.

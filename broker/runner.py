@@ -31,11 +31,11 @@ from broker.errors import (
     MethodNotAllowed,
     UnsupportedMediaType,
 )
-from broker.exchange import UNMATCHED
+from broker.exchange import REQUEST_ID_HEADER, UNMATCHED
 from broker.gateway import Gateway
 from broker.keys import exchange_key, gateway_key
 from broker.logs import request_id_var
-from broker.middlewares import REQUEST_ID_HEADER, new_request_id, shaped_error
+from broker.middlewares import new_request_id, shaped_error
 
 # What aiohttp's statuses mean here: its parser refuses with 400, a handler that times
 # out gives 504, anything else that escapes a handler gives 500.

@@ -50,6 +50,7 @@ COMPILED = (
     "revocations",
     "routes",
     "sessions",
+    "targets",
     "throttle",
     "token_store",
     "transport",

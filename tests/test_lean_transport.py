@@ -858,6 +858,33 @@ async def test_hop_by_hop_fields_from_the_upstream_never_reach_the_browser(
     assert response.headers["X-Kept"] == "kept"
 
 
+@pytest.mark.parametrize("size", [2, 100_000])  # one write, and streamed (over 64 KiB)
+async def test_answers_keep_their_length_and_carry_one_request_id(
+    make_broker: MakeBroker, sandbox: Sandbox, aiohttp_raw_server: AiohttpRawServer, size: int
+) -> None:
+    body = b"x" * size
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        if not request.path.startswith("/checkout/"):
+            return await sandbox.delegate(request)
+        headers = {"X-Request-Id": "from-upstream", "Content-Type": "application/pdf"}
+        return web.Response(body=body, headers=headers)
+
+    raw = await aiohttp_raw_server(handler)
+    client = await make_broker(make_settings(raw.make_url("")))
+    session = await new_session(client)
+    response = await client.get(
+        "/checkout/invoice", headers={**auth(session), "X-Request-Id": "req-1"}
+    )
+    assert response.status == 200
+    assert response.headers.getall("Content-Length") == [str(size)]  # never chunked
+    assert "Transfer-Encoding" not in response.headers
+    assert response.headers.getall("X-Request-Id") == ["req-1"]  # the broker's, once
+    assert response.headers.getall("Cache-Control") == ["no-store"]
+    assert response.headers["Content-Type"] == "application/pdf"
+    assert await response.read() == body
+
+
 @pytest.mark.parametrize("status", [200, 204])
 async def test_empty_answers_pass_through_the_broker(
     make_broker: MakeBroker,
