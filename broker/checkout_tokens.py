@@ -14,6 +14,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
+from typing import Final
 
 from broker.coordination import LocalCoordinator, MintCoordinator
 from broker.credentials import (
@@ -41,11 +42,12 @@ from broker.token_store import TokenStore
 
 log = get_logger("broker.checkout_tokens")
 
-HIT = "hit"
-REFRESHED_AHEAD = "refreshed_ahead"
-MINTED = "minted"
-COALESCED = "coalesced"
-FAILED = "failed"
+# Final: compiled code uses these as constants, not module attributes read per use.
+HIT: Final = "hit"
+REFRESHED_AHEAD: Final = "refreshed_ahead"
+MINTED: Final = "minted"
+COALESCED: Final = "coalesced"
+FAILED: Final = "failed"
 # A failed background renewal is retried this much later while the token lasts.
 RENEWAL_RETRY_DELAY = 1.0
 

@@ -3,6 +3,8 @@ and the headers every answer gets just before it goes out."""
 
 from __future__ import annotations
 
+from typing import Final
+
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
@@ -17,7 +19,8 @@ ALLOWED_HEADERS = (
 # The SDK reads Retry-After on a 429; X-Request-Id lets support trace a browser's call.
 EXPOSED_HEADERS = "Retry-After, X-Request-Id, WWW-Authenticate"
 # Instead of aiohttp's default, which advertises library versions.
-SERVER = "token-broker"
+SERVER: Final = "token-broker"
+_SERVER_FIELD: Final = hdrs.SERVER  # a C static in compiled code
 
 
 class CorsPolicy:
@@ -73,6 +76,6 @@ def finish_headers(
 ) -> None:
     """Just before an answer's headers go out (errors and streams too): our Server
     header, and on the public listener the CORS headers."""
-    headers[hdrs.SERVER] = SERVER
+    headers[_SERVER_FIELD] = SERVER
     if cors is not None:
         cors.decorate(request, headers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import jwt
 
@@ -40,7 +40,9 @@ def margin_for(lifetime: float, refresh_margin: float) -> float:
 
 # CheckoutToken.state: minted for waiting requests, or ahead of need and not served
 # yet (its first lookup counts as "refreshed_ahead"); then served from the cache.
-FRESH, FRESH_AHEAD, IN_USE = 0, 1, 2
+FRESH: Final = 0
+FRESH_AHEAD: Final = 1
+IN_USE: Final = 2
 
 
 @dataclass(slots=True, eq=False)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 # Every answer carries its request's id, and every upstream call the request makes.
-REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_HEADER: Final = "X-Request-Id"
 # The route label of requests no route took (and of those refused before routing).
-UNMATCHED = "unmatched"
+UNMATCHED: Final = "unmatched"
 
 
 class Exchange:

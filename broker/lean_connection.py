@@ -9,25 +9,29 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import cast
+from typing import Final, cast
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from broker.transport import UpstreamProtocolError, UpstreamUnreachable
 
 # Status line and header fields. aiohttp's client allows 8 KiB per line; a proxy relaying
 # one JSON API does not need more than this in total.
-MAX_HEAD = 64 * 1024
+MAX_HEAD: Final = 64 * 1024
 # Chunk-size lines, chunk extensions and trailers between two body bytes: without a bound
 # a hostile upstream could keep the parser busy forever sending framing and no body.
-MAX_FRAMING = 64 * 1024
+MAX_FRAMING: Final = 64 * 1024
 # Buffered body that pauses reading from the socket, and the level that resumes it: the
 # upstream is slowed down to the caller's pace instead of filling our memory.
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
-_NO_BODY_STATUSES = frozenset({204, 304})
-_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+HIGH_WATER: Final = 256 * 1024
+LOW_WATER: Final = 64 * 1024
+# Final: compiled code reads these from C statics; header names as multidict's istr,
+# found without case-folding them first.
+_CONTENT_LENGTH: Final = istr("Content-Length")
+_TRANSFER_ENCODING: Final = istr("Transfer-Encoding")
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+_NO_HEADERS: Final[CIMultiDictProxy[str]] = CIMultiDictProxy(CIMultiDict())
 
 
 class ClosedBeforeAnswer(UpstreamUnreachable):
@@ -304,15 +308,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = parser.should_keep_alive() and parser.get_http_version() == "1.1"
         if self._head_only or status in _NO_BODY_STATUSES:
             # Whatever Content-Length says, no body follows; without one, None as aiohttp.
-            self.content_length = 0 if "Content-Length" in headers else None
+            self.content_length = 0 if _CONTENT_LENGTH in headers else None
             if self._head_only:
                 # llhttp can't be told that a HEAD answer has no body, so the parser
                 # would misread the next response: this connection is not reused.
                 self._complete, self._keep_alive = True, False
-        elif codings := headers.getall("Transfer-Encoding", ()):
+        elif codings := headers.getall(_TRANSFER_ENCODING, ()):
             # llhttp decides the framing; the body ends at EOF unless chunked comes last.
             self._eof_body = codings[-1].rsplit(",", 1)[-1].strip().lower() != "chunked"
-        elif (length := headers.get("Content-Length")) is not None:
+        elif (length := headers.get(_CONTENT_LENGTH)) is not None:
             self.content_length = int(length)  # llhttp refused anything but digits
         else:
             self._eof_body = True

@@ -15,6 +15,7 @@ import re
 import ssl
 from collections import deque
 from collections.abc import Mapping
+from typing import Final
 
 from multidict import CIMultiDictProxy
 from yarl import URL
@@ -28,11 +29,11 @@ from broker.transport import UpstreamResponse, UpstreamUnreachable
 # in open_session too); most servers drop theirs after 60 s or more.
 IDLE_TIMEOUT = 30.0
 # RFC 9110 §9.2.2: safe to send again when a reused connection died before answering.
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 # Framing is the transport's business; a caller's value would desynchronise the stream.
-_OWN_FIELDS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_OWN_FIELDS: Final = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_TARGET: Final = re.compile(r"[\x00-\x20\x7f]")
 
 
 def _judge_field(name: str) -> bool:
@@ -44,7 +45,7 @@ def _judge_field(name: str) -> bool:
 # Field name -> sent (True) or framing we own (False); names are few and fixed by the
 # caller's allowlist, so each is judged once rather than per request. An unsafe name
 # raises, and an exception is never remembered: it is judged (and refused) every time.
-_sent_field = Memo(_judge_field, 1024)
+_sent_field: Final = Memo(_judge_field, 1024)
 
 
 class Slots:

@@ -14,15 +14,16 @@ methods no route takes the same treatment, answered 404 or 405.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import re
 import time
 from collections.abc import Callable
+from typing import Final
 
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.typedefs import Handler
+from multidict import istr
 
 from broker.cors import finish_headers
 from broker.errors import (
@@ -43,15 +44,27 @@ from broker.throttle import client_ip
 log = get_logger("broker.requests")
 
 # A caller's X-Request-Id is kept only when it is short and plain.
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_SANE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Headers whose repetition makes a request ambiguous (smuggling, confused auth).
-_SINGLE_HEADERS = (hdrs.HOST, hdrs.CONTENT_LENGTH, hdrs.AUTHORIZATION, hdrs.TRANSFER_ENCODING)
+_SINGLE_HEADERS: Final = (
+    hdrs.HOST,
+    hdrs.CONTENT_LENGTH,
+    hdrs.AUTHORIZATION,
+    hdrs.TRANSFER_ENCODING,
+)
 # Probes from the orchestrator and Prometheus are not rate limited per IP, and the
 # session-issuing endpoints have their own limit (see handlers.issue_session).
-_UNTHROTTLED_ROUTES = frozenset(
+_UNTHROTTLED_ROUTES: Final = frozenset(
     {"/healthz", "/readyz", "/metrics", "/v1/checkout-auth/init", "/checkout-auth/init"}
 )
-_KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+# Final (here and above): compiled code reads these from C statics, not module attributes;
+# header names as multidict's istr, found without case-folding them first.
+_REQUEST_ID: Final = istr(REQUEST_ID_HEADER)
+_CONTENT_LENGTH: Final = hdrs.CONTENT_LENGTH
+_TRANSFER_ENCODING: Final = hdrs.TRANSFER_ENCODING
+_ORIGIN: Final = hdrs.ORIGIN
+_perf_counter: Final = time.perf_counter
+_KNOWN_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
 # The catch-all route's path; its requests are labelled "unmatched" in logs and metrics.
@@ -65,30 +78,38 @@ def _template_of(resource: web.AbstractResource) -> str:
 
 
 def request_id_for(request: web.BaseRequest) -> str:
-    values = request.headers.getall(REQUEST_ID_HEADER, ())
+    values = request.headers.getall(_REQUEST_ID, ())
     if len(values) == 1 and _SANE_REQUEST_ID.fullmatch(values[0]):
         return values[0]
     return new_request_id()
 
 
 def new_request_id() -> str:
+    return _request_ids.new()
+
+
+class _RequestIds:
     """Ids unique across processes and restarts without a syscall per request: a random
     64-bit prefix per process and a counter, as 32 hex digits. Correlation ids, not
     secrets (a caller may choose its own)."""
-    return (_request_id_prefix + next(_request_numbers)).to_bytes(16, "big").hex()
+
+    def __init__(self) -> None:
+        self._prefix = 0
+        self._count = 0
+        self.reseed()
+
+    def reseed(self) -> None:
+        # At import, and in a forked worker, which must not repeat its parent's ids.
+        self._prefix = int.from_bytes(os.urandom(8), "big") << 64
+        self._count = 0
+
+    def new(self) -> str:
+        self._count += 1
+        return (self._prefix + self._count).to_bytes(16, "big").hex()
 
 
-def _reseed_request_ids() -> None:
-    # Called at import, and in a forked worker, which must not repeat its parent's ids.
-    global _request_id_prefix, _request_numbers  # noqa: PLW0603
-    _request_id_prefix = int.from_bytes(os.urandom(8), "big") << 64
-    _request_numbers = itertools.count(1)
-
-
-_request_id_prefix = 0
-_request_numbers = itertools.count(1)
-_reseed_request_ids()
-os.register_at_fork(after_in_child=_reseed_request_ids)
+_request_ids: Final = _RequestIds()
+os.register_at_fork(after_in_child=_request_ids.reseed)
 
 
 # A door wraps one route's handler; the route's label (its path template) is known when
@@ -108,7 +129,7 @@ def front_door(gateway: Gateway, *, public: bool) -> Door:
             request[exchange_key] = exchange
             request_id_var.set(exchange.request_id)
             method = request.method if request.method in _KNOWN_METHODS else "OTHER"
-            started = time.perf_counter()
+            started = _perf_counter()
             status = 500  # counted if the connection is reset mid-answer
             metrics.inflight.inc()
             try:
@@ -120,7 +141,7 @@ def front_door(gateway: Gateway, *, public: bool) -> Door:
                     response = _refusal(request, exc)
                 status = response.status
                 if not response.prepared:  # streamed answers got these before their headers
-                    response.headers[REQUEST_ID_HEADER] = exchange.request_id
+                    response.headers[_REQUEST_ID] = exchange.request_id
                     finish_headers(request, response.headers, gateway.cors if public else None)
                 return response
             except web.HTTPException as exc:  # below 400: not an error, aiohttp answers it
@@ -128,7 +149,7 @@ def front_door(gateway: Gateway, *, public: bool) -> Door:
                 raise
             finally:
                 metrics.inflight.dec()
-                metrics.request_done(exchange.route, method, status, time.perf_counter() - started)
+                metrics.request_done(exchange.route, method, status, _perf_counter() - started)
 
         return front
 
@@ -216,12 +237,12 @@ def _guard(request: web.Request, gateway: Gateway, route: str) -> web.Response |
     for name in _SINGLE_HEADERS:
         if len(headers.getall(name, ())) > 1:
             raise BadRequest(f"Duplicate {name} header.")
-    if hdrs.CONTENT_LENGTH in headers and hdrs.TRANSFER_ENCODING in headers:
+    if _CONTENT_LENGTH in headers and _TRANSFER_ENCODING in headers:
         raise BadRequest("Content-Length and Transfer-Encoding together.")
     if route not in _UNTHROTTLED_ROUTES:
         gateway.ip_throttle.take(remote_address(request, gateway))
     if gateway.cors.is_preflight(request):
-        if not gateway.cors.allows(headers.get(hdrs.ORIGIN)):
+        if not gateway.cors.allows(headers.get(_ORIGIN)):
             raise Forbidden("origin not allowed")
         return gateway.cors.preflight_response()
     return None

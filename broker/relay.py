@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 import aiohttp
 from aiohttp import hdrs, web
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDictProxy, istr
 
 from broker.bounded import Memo
 from broker.cors import CorsPolicy, finish_headers
@@ -23,7 +24,7 @@ from broker.transport import STREAM_CHUNK, UpstreamProtocolError, UpstreamRespon
 from broker.upstream import USER_AGENT
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy Proxy-Connection.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         "connection",
         "keep-alive",
@@ -39,11 +40,11 @@ HOP_BY_HOP = frozenset(
 # The only browser headers the upstream gets; everything else (Authorization, Cookie,
 # X-Forwarded-*, Origin, ...) stays at the broker.
 FORWARDED_REQUEST_HEADERS = ("Accept", "Accept-Language", "Content-Type", "Idempotency-Key")
-_FORWARDED = tuple((name, name.lower()) for name in FORWARDED_REQUEST_HEADERS)
-_SINGLE_VALUED = frozenset({"content-type", "idempotency-key"})
+_FORWARDED: Final = tuple((istr(name), name.lower()) for name in FORWARDED_REQUEST_HEADERS)
+_SINGLE_VALUED: Final = frozenset({"content-type", "idempotency-key"})
 # Never relayed to the browser: cookies, and fields the broker itself owns (it frames
 # the body it sends: Content-Length comes from the body, or the upstream's framing).
-_DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
+_DROPPED_RESPONSE_HEADERS: Final = HOP_BY_HOP | {
     "content-length",
     "set-cookie",
     "set-cookie2",
@@ -54,14 +55,22 @@ _DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
     REQUEST_ID_HEADER.lower(),
 }
 # CORS is the broker's to answer: every upstream Access-Control-* field is dropped.
-_DROPPED_RESPONSE_PREFIX = "access-control-"
-SMALL_BODY = 64 * 1024
-_NO_NAMES: frozenset[str] = frozenset()
+_DROPPED_RESPONSE_PREFIX: Final = "access-control-"
+SMALL_BODY: Final = 64 * 1024
+# Field names as multidict's istr, Final: compiled code reads each from a C static
+# rather than a module attribute per use, and a multidict finds an istr without
+# case-folding it first.
+_CONNECTION: Final = hdrs.CONNECTION
+_AUTHORIZATION: Final = hdrs.AUTHORIZATION
+_USER_AGENT: Final = hdrs.USER_AGENT
+_CACHE_CONTROL: Final = hdrs.CACHE_CONTROL
+_REQUEST_ID: Final = istr(REQUEST_ID_HEADER)
+_NO_NAMES: Final[frozenset[str]] = frozenset()
 
 
 def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     """Header names listed in ``Connection``: hop-by-hop for this connection only."""
-    values = headers.getall(hdrs.CONNECTION, ())
+    values = headers.getall(_CONNECTION, ())
     if not values:  # most browser requests: HTTP/1.1 keeps the connection by default
         return _NO_NAMES
     if len(values) == 1:
@@ -87,8 +96,8 @@ def _short(text: str) -> bool:
 
 # Values and names are few and repeat on every answer: each is judged once. Callers and
 # the upstream choose them, so only short ones are kept: the memos stay small.
-_listed_names = Memo(_names_in, 256, keep=_short)
-_relayed_name = Memo(_relayed_as, 1024, keep=_short)
+_listed_names: Final = Memo(_names_in, 256, keep=_short)
+_relayed_name: Final = Memo(_relayed_as, 1024, keep=_short)
 
 
 def upstream_request_headers(
@@ -105,9 +114,9 @@ def upstream_request_headers(
         if len(values) > 1 and lowered in _SINGLE_VALUED:
             raise BadRequest(f"Duplicate {name} header.")
         headers[name] = ", ".join(values)
-    headers[hdrs.AUTHORIZATION] = f"Bearer {bearer}"
-    headers[hdrs.USER_AGENT] = USER_AGENT
-    headers[REQUEST_ID_HEADER] = request_id
+    headers[_AUTHORIZATION] = f"Bearer {bearer}"
+    headers[_USER_AGENT] = USER_AGENT
+    headers[_REQUEST_ID] = request_id
     return headers
 
 
@@ -123,7 +132,7 @@ def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> Fields:
         for name, value in upstream.items()
         if (lowered := _relayed_name(name)) and lowered not in named
     ]
-    fields.append((hdrs.CACHE_CONTROL, "no-store"))
+    fields.append((_CACHE_CONTROL, "no-store"))
     return fields
 
 
@@ -157,7 +166,7 @@ async def relay_response(
     headers = downstream_response_headers(upstream.headers)
     length = upstream.content_length
     if length is None or length > SMALL_BODY:
-        headers.append((REQUEST_ID_HEADER, request_id))
+        headers.append((_REQUEST_ID, request_id))
         return await stream_back(request, upstream, headers, cors)
     # Read before answering, so a broken small body is still a clean 502/504; and one
     # write of headers and body instead of three costs a third of the syscalls.

@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -28,7 +29,7 @@ from broker.settings import SessionSettings
 ALGORITHM = "ES256"
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "iat", "jti", "customer_id", "invoice_id")
 # A session token is ~500 bytes; anything far larger is not ours and not worth parsing.
-MAX_TOKEN_LENGTH = 4096
+MAX_TOKEN_LENGTH: Final = 4096
 VERIFIED_CACHE_SIZE = 100_000
 
 

@@ -6,6 +6,7 @@ import ipaddress
 import math
 import time
 from collections.abc import Callable
+from typing import Final
 
 from broker.bounded import trim_target, trimmed
 from broker.errors import TooManyRequests
@@ -17,7 +18,7 @@ MAX_TRACKED_KEYS = 100_000
 # How often keys whose bucket is full again are forgotten: such a key is the same as
 # one never seen, and keeping it costs ~80 bytes per idle session. Each pass copies
 # only the keys used since the last one: amortised O(1) per request.
-FORGET_IDLE_EVERY = 2.0
+FORGET_IDLE_EVERY: Final = 2.0
 
 
 class TokenBuckets:
@@ -35,6 +36,7 @@ class TokenBuckets:
         self._tolerance = burst * self._interval
         self._clock = clock
         self._arrival: dict[str | bytes, float] = {}  # in order of last use: oldest first
+        self._bound = MAX_TRACKED_KEYS  # read here: per request, an attribute is cheaper
         self._keep = trim_target(MAX_TRACKED_KEYS)
         self._forget_idle_at = clock() + FORGET_IDLE_EVERY
 
@@ -49,7 +51,7 @@ class TokenBuckets:
                 "client rate limit reached", retry_after=max(1, math.ceil(excess))
             )
         self._arrival[key] = arrival
-        if len(self._arrival) > MAX_TRACKED_KEYS or now >= self._forget_idle_at:
+        if len(self._arrival) > self._bound or now >= self._forget_idle_at:
             self._forget_idle_at = now + FORGET_IDLE_EVERY
             self._arrival = trimmed(self._arrival, self._keep, lambda at: at > now)
 
