@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -48,7 +49,7 @@ def create_app(
         # [\s\S]: aiohttp matches the *decoded* path, and "." would let an encoded
         # newline fall through to a 404 instead of the path checks' 400.
         tail = prefix + "{tail:[\\s\\S]*}"
-        add_routes(router, door, (hdrs.METH_ANY,), tail, handlers.proxy)
+        add_routes(router, door, (hdrs.METH_ANY,), tail, partial(handlers.proxy, gateway))
     add_unmatched(router, door)
     return app
 

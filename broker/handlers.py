@@ -124,9 +124,9 @@ async def _read_ids(request: web.Request) -> tuple[str | None, str]:
     return (str(customer_id) if customer_id is not None else None), str(invoice_id)
 
 
-async def proxy(request: web.Request) -> web.StreamResponse:
-    """Verify the session, swap in the checkout JWT, forward, stream the answer back."""
-    gateway = request.app[gateway_key]
+async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
+    """Verify the session, swap in the checkout JWT, forward, stream the answer back.
+    Routed bound to its gateway (``functools.partial``): no app lookup per request."""
     exchange = request[exchange_key]
     url = gateway.targets.upstream_url(request.method, request.raw_path)
     session = await gateway.authenticate(bearer_token(request))
