@@ -23,7 +23,6 @@ from typing import Final
 
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.typedefs import Handler
-from multidict import istr
 
 from broker.cors import finish_headers
 from broker.errors import (
@@ -51,7 +50,6 @@ _UNTHROTTLED_ROUTES: Final = frozenset(
 )
 # Final (here and above): compiled code reads these from C statics, not module attributes;
 # header names as multidict's istr, found without case-folding them first.
-_REQUEST_ID: Final = istr(REQUEST_ID_HEADER)
 _ORIGIN: Final = hdrs.ORIGIN
 _perf_counter: Final = time.perf_counter
 _KNOWN_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -68,7 +66,7 @@ def _template_of(resource: web.AbstractResource) -> str:
 
 
 def request_id_for(request: web.BaseRequest) -> str:
-    values = request.headers.getall(_REQUEST_ID, ())
+    values = request.headers.getall(REQUEST_ID_HEADER, ())
     if len(values) == 1 and _SANE_REQUEST_ID.fullmatch(values[0]):
         return values[0]
     return new_request_id()
@@ -131,7 +129,7 @@ def front_door(gateway: Gateway, *, public: bool) -> Door:
                     response = _refusal(request, exc)
                 status = response.status
                 if not response.prepared:  # streamed answers got these before their headers
-                    response.headers[_REQUEST_ID] = exchange.request_id
+                    response.headers[REQUEST_ID_HEADER] = exchange.request_id
                     finish_headers(request, response.headers, gateway.cors if public else None)
                 return response
             except web.HTTPException as exc:  # below 400: not an error, aiohttp answers it

@@ -64,7 +64,6 @@ _CONNECTION: Final = hdrs.CONNECTION
 _AUTHORIZATION: Final = hdrs.AUTHORIZATION
 _USER_AGENT: Final = hdrs.USER_AGENT
 _CACHE_CONTROL: Final = hdrs.CACHE_CONTROL
-_REQUEST_ID: Final = istr(REQUEST_ID_HEADER)
 _NO_NAMES: Final[frozenset[str]] = frozenset()
 
 
@@ -116,7 +115,7 @@ def upstream_request_headers(
         headers[name] = ", ".join(values)
     headers[_AUTHORIZATION] = f"Bearer {bearer}"
     headers[_USER_AGENT] = USER_AGENT
-    headers[_REQUEST_ID] = request_id
+    headers[REQUEST_ID_HEADER] = request_id
     return headers
 
 
@@ -166,7 +165,7 @@ async def relay_response(
     headers = downstream_response_headers(upstream.headers)
     length = upstream.content_length
     if length is None or length > SMALL_BODY:
-        headers.append((_REQUEST_ID, request_id))
+        headers.append((REQUEST_ID_HEADER, request_id))
         return await stream_back(request, upstream, headers, cors)
     # Read before answering, so a broken small body is still a clean 502/504; and one
     # write of headers and body instead of three costs a third of the syscalls.
