@@ -213,15 +213,18 @@ def broker_code() -> str:
 
 
 def _compiled_build(repo: Path) -> bool:
-    """Whether broker/ holds the mypyc build of its request path (scripts/native.py); a
-    stale one (older than its sources) would measure other code: the run stops."""
-    native = repo / "scripts" / "native.py"
+    """Whether the broker the bench starts (this interpreter, from *repo*) runs the
+    request path compiled: true only where a compiled wheel is what imports."""
     check = subprocess.run(
-        [sys.executable, str(native), "check"], capture_output=True, text=True, check=False
+        [sys.executable, "-c", "import broker; print(broker.compiled())"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=repo,
     )
     if check.returncode != 0:
         raise BenchError(check.stderr.strip())
-    return any((repo / "broker").glob("relay.*.so"))
+    return check.stdout.strip() == "True"
 
 
 def _payload(name: str) -> str:

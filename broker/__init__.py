@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def compiled() -> bool:
-    """True when the request path runs as mypyc-compiled modules (``scripts/native.py``)."""
+    """True when the request path runs as mypyc-compiled modules (the compiled wheel)."""
     from importlib.util import find_spec  # noqa: PLC0415 - the package import stays bare
 
     spec = find_spec("broker.relay")

@@ -1,4 +1,4 @@
-"""The ``token-broker`` command: serve, sandbox, check-config, keygen.
+"""The ``token-broker`` command: serve, sandbox, check-config, keygen, healthcheck.
 
 Exit codes: 0 ok, 1 bad configuration, 2 usage.
 """
@@ -17,11 +17,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from broker import __version__
+from broker import __version__, listen_file
 from broker.logs import configure_logging
 from broker.settings import ConfigError, Settings, load_settings, redacted_values
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE = 0, 1, 2
+# healthcheck: the server does not answer (what Docker's HEALTHCHECK expects of a failure).
+EXIT_UNHEALTHY = 1
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -70,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
 
     keygen = commands.add_parser("keygen", help="print a new ES256 private key (PEM)")
     keygen.set_defaults(command=_keygen)
+
+    health = commands.add_parser(
+        "healthcheck",
+        help="exit 0 when the local server answers /healthz (the image's HEALTHCHECK)",
+    )
+    health.add_argument(
+        "--url",
+        help="the /healthz URL to probe (default: from the file the server writes at "
+        f"${listen_file.ENVIRONMENT_VARIABLE}, else {listen_file.DEFAULT_HEALTH_URL})",
+    )
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
+    health.set_defaults(command=_healthcheck)
     return parser
 
 
@@ -142,6 +156,25 @@ def _keygen(_args: argparse.Namespace) -> int:
         serialization.NoEncryption(),
     )
     sys.stdout.write(pem.decode())
+    return EXIT_OK
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    url = args.url
+    path = os.environ.get(listen_file.ENVIRONMENT_VARIABLE)
+    if url is None and path:
+        try:
+            url = listen_file.read(Path(path))
+        except FileNotFoundError:
+            sys.stderr.write(f"token-broker healthcheck: {path} does not exist yet\n")
+            return EXIT_UNHEALTHY
+        except (OSError, ValueError) as exc:
+            sys.stderr.write(f"token-broker healthcheck: {exc}\n")
+            return EXIT_UNHEALTHY
+    problem = listen_file.probe(url or listen_file.DEFAULT_HEALTH_URL, args.timeout)
+    if problem is not None:
+        sys.stderr.write(f"token-broker healthcheck: {problem}\n")
+        return EXIT_UNHEALTHY
     return EXIT_OK
 
 

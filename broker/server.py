@@ -8,12 +8,13 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import prometheus_client
 from aiohttp import web
 
-from broker import __version__, compiled
+from broker import __version__, compiled, listen_file
 from broker.access_log import AccessLogger
 from broker.app import create_admin_app, create_app, create_metrics_app, runner_options
 from broker.keys import gateway_key
@@ -61,6 +62,7 @@ async def serve(
         await admin_site.start()
         runners.append(admin_runner)
         urls.append(admin_site.name)
+    announce_listening(settings.server.host, site.port)
     settle_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -82,6 +84,18 @@ async def serve(
     for runner in reversed(runners):
         await runner.cleanup()  # stop listening, finish in-flight requests, close upstream
     log.info("broker_stopped")
+
+
+def announce_listening(host: str, port: int) -> None:
+    """Write the listen file when one is asked for (the image's health probe reads it).
+    A file that cannot be written costs the probe, not the service: log it and serve."""
+    path = os.environ.get(listen_file.ENVIRONMENT_VARIABLE)
+    if not path:
+        return
+    try:
+        listen_file.write(Path(path), host, port)
+    except OSError as exc:
+        log.warning("listen_file_unwritable", path=path, error=exc.strerror or str(exc))
 
 
 # The young generation's threshold: collect once this many more tracked objects were

@@ -53,7 +53,7 @@ class UpstreamResponse(Protocol):
         """The next part of the body as it arrives, or b"" once the body is over.
 
         A coroutine rather than an async generator: the modules that mypyc compiles
-        (``scripts/native.py``) cannot hold async generators."""
+        (the compiled wheel) cannot hold async generators."""
 
     def release(self) -> None:
         """Give the connection back (or close it if the body was not fully read)."""

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README: sets up .venv on first use, then lint, types, tests.
-# Tests run against what broker/ holds: plain Python, or the mypyc build of the request
-# path if `python scripts/native.py build` made one (refused when older than its sources).
-# Tests start their own servers on 127.0.0.1 (sandbox, brokers, redis-server).
+# Tests run against the source tree, plain Python (an editable install); the compiled
+# wheel is tested installed, by scripts/test-wheel.sh (CI: .ci/image). Tests start their
+# own servers on 127.0.0.1 (sandbox, brokers, redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,11 +17,10 @@ fi
 if [ ! -x .venv/bin/pytest ] || [ pyproject.toml -nt .venv/.installed ]; then
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[dev,redis,native]'
+  .venv/bin/pip install -q -e '.[dev,redis,build]'
   touch .venv/.installed
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy broker tests bench scripts
-.venv/bin/python scripts/native.py check
+.venv/bin/mypy broker tests bench
 .venv/bin/pytest "$@"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import logging
 import os
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
@@ -18,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from broker import __file__ as broker_init
 from broker import compiled
 from broker.app import create_app, runner_options
 from broker.logs import configure_logging
@@ -32,14 +36,41 @@ MakeBroker = Callable[..., Awaitable[BrokerClient]]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """BROKER_TEST_COMPILED=1 (or 0): the suite must run against the mypyc build of the
-    request path (or plain Python), so that CI's second pass cannot test the wrong one."""
+    """BROKER_TEST_COMPILED=1: the suite must run against the installed compiled wheel
+    (every module its mypyc hook lists loaded compiled, none from a source tree), so that
+    CI's pass over the shipped artifact cannot test something else. =0, or a run on the
+    source tree: plain Python, with no compiled module left in the tree to shadow it."""
     expected = os.environ.get("BROKER_TEST_COMPILED")
-    if expected is not None and compiled() != (expected == "1"):
+    tree = Path(session.config.rootpath)
+    imported_from = Path(broker_init).resolve().parent
+    if expected == "1":
+        problems = compiled_build_problems(tree / "pyproject.toml", imported_from, tree)
+    elif compiled() and imported_from.is_relative_to(tree.resolve()):
+        problems = [f"compiled modules under {imported_from} shadow the plain sources"]
+    else:
+        problems = []
+    if problems:
         raise pytest.UsageError(
-            f"BROKER_TEST_COMPILED={expected}, but broker.compiled() is {compiled()}: "
-            "run python scripts/native.py build (or clean)"
+            f"BROKER_TEST_COMPILED={expected}: "
+            + "; ".join(problems)
+            + " (see README, Compiled build)"
         )
+
+
+def compiled_build_problems(pyproject: Path, imported_from: Path, tree: Path) -> list[str]:
+    hook = tomllib.loads(pyproject.read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    names = [
+        p.strip("/").removesuffix(".py").replace("/", ".")
+        for p in hook["hooks"]["mypyc"]["include"]
+    ]
+    problems = []
+    if imported_from.is_relative_to(tree.resolve()):
+        problems.append(f"broker is imported from {imported_from}, not an installed wheel")
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None or spec.origin.endswith(".py"):
+            problems.append(f"{name} is not compiled ({spec.origin if spec else 'missing'})")
+    return problems
 
 
 @pytest.fixture
