@@ -27,6 +27,12 @@ CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
 HIGH_RATE, HIGH_BURST = 100_000.0, 1_000_000
 _PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 
+# The broker as this interpreter's environment has it installed: `-P` keeps the working
+# directory off sys.path, so that a run from the repository measures an installed wheel
+# (the compiled one, say), not the source tree next to it. An editable install still
+# resolves to the source.
+BROKER_MODULE = ("-P", "-m", "broker")
+
 
 @dataclass
 class Server:
@@ -61,7 +67,7 @@ class Launcher:
 
     def sandbox(self, name: str, token_ttl: float) -> Server:
         port = free_port()
-        argv = [self.python, "-m", "broker", "sandbox", "--host", "127.0.0.1"]
+        argv = [self.python, *BROKER_MODULE, "sandbox", "--host", "127.0.0.1"]
         argv += ["--port", str(port), "--token-ttl", str(token_ttl)]
         proc = self._start(name, argv)
         wait_until_ok(proc, port, "/_sandbox/stats")
@@ -125,7 +131,7 @@ class Launcher:
         port = free_port()
         config = self.workdir / f"{name}.toml"
         config.write_text(self._broker_toml(port, upstream, options))
-        argv = [*wrapper, self.python, "-m", "broker", "serve", "--config", str(config)]
+        argv = [*wrapper, self.python, *BROKER_MODULE, "serve", "--config", str(config)]
         code = broker_code()
         proc = self._start(name, argv)
         # With several workers each answers some probes: ask until several in a row pass.
@@ -136,7 +142,7 @@ class Launcher:
     def signing_key(self) -> Path:
         if self._signing_key is None:
             path = self.workdir / "signing.pem"
-            proc = self._start("keygen", [self.python, "-m", "broker", "keygen"])
+            proc = self._start("keygen", [self.python, *BROKER_MODULE, "keygen"])
             if proc.popen.wait(30) != 0:
                 raise BenchError(f"token-broker keygen failed:\n{proc.log_tail()}")
             path.write_text(proc.log_path.read_text())
@@ -213,10 +219,10 @@ def broker_code() -> str:
 
 
 def _compiled_build(repo: Path) -> bool:
-    """Whether the broker the bench starts (this interpreter, from *repo*) runs the
-    request path compiled: true only where a compiled wheel is what imports."""
+    """Whether the broker the bench starts (this interpreter) runs the request path
+    compiled: true where its environment has the compiled wheel installed."""
     check = subprocess.run(
-        [sys.executable, "-c", "import broker; print(broker.compiled())"],
+        [sys.executable, "-P", "-c", "import broker; print(broker.compiled())"],
         capture_output=True,
         text=True,
         check=False,
