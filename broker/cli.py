@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,6 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker import __version__, listen_file
 from broker.logs import configure_logging
 from broker.settings import ConfigError, Settings, load_settings, redacted_values
+from broker.settings_checks import Checker
+
+if TYPE_CHECKING:
+    from broker.demo.sdk import SdkSource
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE = 0, 1, 2
 # healthcheck: the server does not answer (what Docker's HEALTHCHECK expects of a failure).
@@ -50,7 +55,32 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, help="processes sharing the port (overrides server.workers)"
     )
-    serve.add_argument("--sandbox-port", type=int, default=8081, help="the embedded sandbox's port")
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        type=_origin,
+        metavar="ORIGIN",
+        help="also allow this exact origin (e.g. http://localhost:3000) to call from a"
+        " browser; repeatable; adds to cors.allowed_origins",
+    )
+    sandbox_only = serve.add_argument_group("with --sandbox")
+    sandbox_only.add_argument(
+        "--sandbox-port", type=int, default=8081, help="the embedded sandbox's port"
+    )
+    sandbox_only.add_argument(
+        "--demo-port",
+        type=_port,
+        metavar="P",
+        help="the demo partner site's port on 127.0.0.1 (default 8082; 0: any free port)",
+    )
+    sandbox_only.add_argument(
+        "--sdk-url",
+        type=_sdk_source,
+        metavar="URL",
+        help="where the demo page loads the vendor's SDK: an http(s) URL or a local copy"
+        " of its dist/index.mjs (default: the pinned version from a public npm CDN)",
+    )
     serve.set_defaults(command=_serve)
 
     sandbox = commands.add_parser("sandbox", help="run only the sandbox upstream")
@@ -87,26 +117,74 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _origin(value: str) -> str:
+    """An origin as cors.allowed_origins accepts it (the same check as the config's)."""
+    problems: list[str] = []
+    Checker(problems).origins([value])
+    if problems:
+        raise argparse.ArgumentTypeError(problems[0].removeprefix("cors.allowed_origins: "))
+    return value
+
+
+def _port(value: str) -> int:
+    port = int(value) if value.isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (0-65535)")
+    return port
+
+
+def _sdk_source(value: str) -> SdkSource:
+    from broker.demo.sdk import sdk_source  # noqa: PLC0415 - only `serve --sandbox` needs it
+
+    return sdk_source(value)
+
+
 def load_for_serve(
-    path: Path, environ: Mapping[str, str], host: str | None, port: int | None
+    path: Path,
+    environ: Mapping[str, str],
+    host: str | None,
+    port: int | None,
+    cors_origins: Sequence[str] = (),
 ) -> Settings:
     settings = load_settings(path, environ)
     server = settings.server
     server = dataclasses.replace(
         server, host=host or server.host, port=server.port if port is None else port
     )
-    return dataclasses.replace(settings, server=server)
+    # --cors-origin adds to the configured origins (each once), never replaces them.
+    origins = tuple(dict.fromkeys((*settings.cors.allowed_origins, *cors_origins)))
+    cors = dataclasses.replace(settings.cors, allowed_origins=origins)
+    return dataclasses.replace(settings, server=server, cors=cors)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from broker.server import run  # noqa: PLC0415 - keeps check-config/keygen light
 
     if args.sandbox:
+        from broker.demo import DEFAULT_PORT, DemoSite  # noqa: PLC0415
         from broker.sandbox_mode import serve_with_sandbox  # noqa: PLC0415
 
-        return serve_with_sandbox(host=args.host, port=args.port, sandbox_port=args.sandbox_port)
+        demo = DemoSite(
+            port=DEFAULT_PORT if args.demo_port is None else args.demo_port,
+            sdk=args.sdk_url,
+        )
+        return serve_with_sandbox(
+            host=args.host,
+            port=args.port,
+            sandbox_port=args.sandbox_port,
+            cors_origins=args.cors_origin,
+            companion=demo,
+        )
+    if args.demo_port is not None or args.sdk_url is not None:
+        sys.stderr.write("token-broker serve: --demo-port and --sdk-url need --sandbox\n")
+        return EXIT_USAGE
     load = functools.partial(
-        load_for_serve, args.config.resolve(), dict(os.environ), args.host, args.port
+        load_for_serve,
+        args.config.resolve(),
+        dict(os.environ),
+        args.host,
+        args.port,
+        tuple(args.cors_origin),
     )
     try:
         settings = load()

@@ -51,6 +51,7 @@ _UNTHROTTLED_ROUTES: Final = frozenset(
 # Final (here and above): compiled code reads these from C statics, not module attributes;
 # header names as multidict's istr, found without case-folding them first.
 _ORIGIN: Final = hdrs.ORIGIN
+_ORIGIN_LOGGED: Final = 200  # characters of a refused Origin worth a log line
 _perf_counter: Final = time.perf_counter
 _KNOWN_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
@@ -229,7 +230,16 @@ def _guard(request: web.Request, gateway: Gateway, route: str) -> web.Response |
     if route not in _UNTHROTTLED_ROUTES:
         gateway.ip_throttle.take(remote_address(request, gateway))
     if gateway.cors.is_preflight(request):
-        if not gateway.cors.allows(headers.get(_ORIGIN)):
+        origin = headers.get(_ORIGIN)
+        if not gateway.cors.allows(origin):
+            # The browser shows its page only a network error, so this line is where a
+            # developer learns which origin to add (cors.allowed_origins, --cors-origin).
+            # An origin is no credential; cut short, since the client chooses it.
+            log.warning(
+                "cors_origin_refused",
+                origin=(origin or "")[:_ORIGIN_LOGGED],
+                reason="not in cors.allowed_origins",
+            )
             raise Forbidden("origin not allowed")
         return gateway.cors.preflight_response()
     return None

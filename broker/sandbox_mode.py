@@ -7,9 +7,12 @@ start that works by copy and paste.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
@@ -53,7 +56,35 @@ def sandbox_settings(host: str | None, port: int | None, sandbox_port: int) -> S
     return load_settings(sandbox_config_path(), environ)
 
 
-def serve_with_sandbox(*, host: str | None, port: int | None, sandbox_port: int) -> int:
+class Companion(Protocol):
+    """A site served beside the sandbox-mode broker: the demo partner site
+    (``broker.demo``). Declared here so that this module never imports the demo."""
+
+    async def start(self, settings: Settings, *, sandbox_url: str) -> str:
+        """Listen, and return the site's origin (the broker allows it by CORS)."""
+
+    def broker_started(self, broker_url: str, allowed_origins: Sequence[str]) -> None:
+        """The broker listens at *broker_url*, allowing *allowed_origins* by CORS."""
+
+    async def stop(self) -> None: ...
+
+
+def with_cors_origins(settings: Settings, origins: Sequence[str]) -> Settings:
+    """*settings* allowing *origins* too (each once, configured ones first)."""
+    allowed = tuple(dict.fromkeys((*settings.cors.allowed_origins, *origins)))
+    return dataclasses.replace(
+        settings, cors=dataclasses.replace(settings.cors, allowed_origins=allowed)
+    )
+
+
+def serve_with_sandbox(
+    *,
+    host: str | None,
+    port: int | None,
+    sandbox_port: int,
+    cors_origins: Sequence[str] = (),
+    companion: Companion | None = None,
+) -> int:
     try:
         settings = sandbox_settings(host, port, sandbox_port)
     except ConfigError as exc:
@@ -61,23 +92,42 @@ def serve_with_sandbox(*, host: str | None, port: int | None, sandbox_port: int)
             print(f"token-broker: {problem}")
         return EXIT_CONFIG
     configure_logging(fmt=settings.log_format, level=settings.log_level)
-    run_loop(_run(settings, sandbox_port))
+    run_loop(_run(settings, sandbox_port, cors_origins, companion))
     return EXIT_OK
 
 
-async def _run(settings: Settings, sandbox_port: int) -> None:
+async def _run(
+    settings: Settings,
+    sandbox_port: int,
+    cors_origins: Sequence[str],
+    companion: Companion | None,
+) -> None:
     sandbox = SandboxSettings(
         client_id=settings.upstream.client_id, client_secret=settings.upstream.client_secret
     )
     runner = web.AppRunner(create_sandbox_app(sandbox), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", sandbox_port).start()
-    log.info("sandbox_started", url=f"http://127.0.0.1:{sandbox_port}")
-
-    async def announce(urls: list[str]) -> None:
-        print(quick_start(settings, broker_url=urls[0], sandbox_port=sandbox_port), flush=True)
-
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    log.info("sandbox_started", url=sandbox_url)
+    demo_url = None
     try:
+        if companion is not None:
+            # Its origin is allowed before the broker starts: a page opened as soon as
+            # the banner shows must not meet a refused preflight.
+            demo_url = await companion.start(settings, sandbox_url=sandbox_url)
+        settings = with_cors_origins(settings, [*([demo_url] if demo_url else []), *cors_origins])
+
+        async def announce(urls: list[str]) -> None:
+            if companion is not None:
+                companion.broker_started(urls[0], settings.cors.allowed_origins)
+            banner = quick_start(
+                settings, broker_url=urls[0], sandbox_port=sandbox_port, demo_url=demo_url
+            )
+            print(banner, flush=True)
+
         await serve(settings, on_started=announce)
     finally:
+        if companion is not None:
+            await companion.stop()
         await runner.cleanup()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -142,9 +143,11 @@ async def test_serve_sandbox_runs_the_quick_start(
     unused_tcp_port_factory: Callable[[], int], processes: list[asyncio.subprocess.Process]
 ) -> None:
     port, sandbox_port = unused_tcp_port_factory(), unused_tcp_port_factory()
+    demo_port = unused_tcp_port_factory()
     process, url = await start_broker(
         processes, port,
         *BROKER, "serve", "--sandbox", "--port", str(port), "--sandbox-port", str(sandbox_port),
+        "--demo-port", str(demo_port),
     )  # fmt: skip
     async with aiohttp.ClientSession() as http:
         token = await alice_session(http, url, "sandbox-demo-api-key")
@@ -165,6 +168,9 @@ async def test_serve_sandbox_runs_the_quick_start(
     text = output.decode()
     assert "Quick start" in text
     assert f"http://127.0.0.1:{port}" in text
+    # The demo site is the first URL the banner names.
+    banner = text[text.index("token-broker is running") :]
+    assert re.findall(r"http://127\.0\.0\.1:\d+", banner)[0] == f"http://127.0.0.1:{demo_port}"
     assert token not in text
 
 
