@@ -14,6 +14,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# tests/browser: Debian's Chromium (never a browser downloaded by playwright) and npm,
+# which installs the vendor's SDK into tests/browser/.sdk. Without them those tests skip,
+# or fail under CI=true.
+browser_packages=()
+[ -x /usr/bin/chromium ] || browser_packages+=(chromium)
+command -v npm >/dev/null 2>&1 || browser_packages+=(npm)
+if [ ${#browser_packages[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${browser_packages[@]}" >/dev/null
+fi
 if [ ! -x .venv/bin/pytest ] || [ pyproject.toml -nt .venv/.installed ]; then
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
