@@ -94,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="answer 429 past this many partner calls per second (the vendor's is 5)",
     )
+    sandbox.add_argument(
+        "--rate-limit-window",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="measure that rate over any S seconds (default 1, as the vendor; shorter"
+        " tolerates jitter in a paced client's arrivals)",
+    )
     sandbox.set_defaults(command=_sandbox)
 
     check = commands.add_parser("check-config", help="validate a configuration file")
@@ -205,7 +213,9 @@ def _sandbox(args: argparse.Namespace) -> int:
     configure_logging(fmt="auto", level="info")
     try:
         sandbox_settings = SandboxSettings(
-            token_ttl=args.token_ttl, rate_limit_per_second=args.rate_limit_per_second
+            token_ttl=args.token_ttl,
+            rate_limit_per_second=args.rate_limit_per_second,
+            rate_limit_window=args.rate_limit_window,
         )
     except ValueError as exc:
         sys.stderr.write(f"token-broker sandbox: {exc}\n")

@@ -46,7 +46,9 @@ class SandboxState:
         self.stats = Stats()
         self.requests = RequestLog()
         self.faults = Faults()
-        self.limiter = SlidingWindowLimiter(self.settings.rate_limit_per_second)
+        self.limiter = SlidingWindowLimiter(
+            self.settings.rate_limit_per_second, window=self.settings.rate_limit_window
+        )
         self.stalls.release_all()
 
 

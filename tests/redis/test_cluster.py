@@ -15,7 +15,16 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from tests.redis.cluster import API_KEY, LEASE_TTL, NAMESPACE, RATE, Cluster, unique_tag
+from broker.rate_budget import WINDOW
+from tests.redis.cluster import (
+    API_KEY,
+    LEASE_TTL,
+    NAMESPACE,
+    RATE,
+    SANDBOX_RATE_WINDOW,
+    Cluster,
+    unique_tag,
+)
 from tests.redis.processes import MISSING_REDIS, redis_executable
 
 pytestmark = pytest.mark.slow
@@ -99,6 +108,13 @@ async def test_600_concurrent_requests_for_30_cold_keys_mint_each_key_once(
 async def test_three_replicas_minting_100_keys_stay_within_the_vendor_rate(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
+    """One budget for the cluster, judged where the vendor judges it: on arrival.
+
+    The sandbox refuses (429) the sixth partner call within SANDBOX_RATE_WINDOW, a
+    window that a correct shared budget never fills however late its calls arrive on a
+    loaded machine, and that replicas budgeting on their own overfill many times over.
+    That the budget never grants RATE + 1 slots within WINDOW is pinned exactly, on
+    its own clock, by tests/redis/test_redis_budget.py."""
     tag = unique_tag()
     statuses = await asyncio.gather(
         *(
@@ -110,7 +126,11 @@ async def test_three_replicas_minting_100_keys_stay_within_the_vendor_rate(
     stats = await sandbox_stats(http, cluster)
     assert stats["tokens_issued"] == 100
     assert stats["rate_limited_served"] == 0
-    assert stats["max_mints_in_any_second"] <= RATE
+    arrivals = sorted(stats["mint_times"])[-100:]
+    closest = min(arrivals[i + RATE] - arrivals[i] for i in range(len(arrivals) - RATE))
+    assert closest > SANDBOX_RATE_WINDOW
+    # 100 mints at RATE per WINDOW take (100 - 1) // RATE windows, give or take jitter.
+    assert arrivals[-1] - arrivals[0] > (99 // RATE) * WINDOW - (WINDOW - SANDBOX_RATE_WINDOW)
 
 
 async def test_a_replica_killed_while_holding_a_mint_lease_is_taken_over(
