@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 Kind = Literal["str", "int", "float", "bool", "list"]
+# A value as the file, the environment or a secret file gives it, once coerced to its kind.
+RawValue = str | int | float | bool | list[str]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -21,13 +23,23 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    """One configuration key: where it lives, its type, default and secrecy."""
+    """One configuration key: where it lives, its kind, default and secrecy, the checks of
+    its own value and its one-line doc. ``broker.config_schema`` makes them from the
+    settings dataclasses' fields; nothing else declares a key."""
 
     section: str
     name: str
     kind: Kind
-    default: Any
+    default: RawValue
     secret: bool = False
+    doc: str = ""
+    # True: must not be empty; a string: required only then ("when enabled"), which a
+    # cross-field check enforces.
+    required: bool | str = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    lower: bool = False  # compared with the choices in lower case
 
     @property
     def dotted(self) -> str:
@@ -43,11 +55,33 @@ class RawConfig:
 
     def __init__(self, schema: tuple[Key, ...]) -> None:
         self._schema = {key.dotted: key for key in schema}
-        self.values: dict[str, Any] = {k: key.default for k, key in self._schema.items()}
+        self.values: dict[str, RawValue] = {
+            dotted: list(key.default) if isinstance(key.default, list) else key.default
+            for dotted, key in self._schema.items()
+        }
         self.problems: list[str] = []
 
-    def get(self, dotted: str) -> Any:
+    def get(self, dotted: str) -> RawValue:
         return self.values[dotted]
+
+    def text(self, dotted: str) -> str:
+        """The value of a "str" key (a TypeError for a key of another kind: a bug)."""
+        value = self.values[dotted]
+        if not isinstance(value, str):
+            raise TypeError(f"{dotted} is not a str key")
+        return value
+
+    def flag(self, dotted: str) -> bool:
+        value = self.values[dotted]
+        if not isinstance(value, bool):
+            raise TypeError(f"{dotted} is not a bool key")
+        return value
+
+    def strings(self, dotted: str) -> list[str]:
+        value = self.values[dotted]
+        if not isinstance(value, list):
+            raise TypeError(f"{dotted} is not a list key")
+        return value
 
     def load(self, document: Mapping[str, Any], environ: Mapping[str, str]) -> None:
         self._load_document(document)
@@ -90,14 +124,11 @@ class RawConfig:
 
     def _set(self, key: Key, value: object, *, origin: str) -> None:
         coerced = _coerce(key, value)
-        if coerced is _INVALID:
+        if coerced is None:
             shown = "<redacted>" if key.secret else repr(value)
             self.problems.append(f"{origin}: expected {key.kind}, got {shown}")
         else:
             self.values[key.dotted] = coerced
-
-
-_INVALID = object()
 
 
 def read_document(path: Path) -> tuple[dict[str, Any], list[str]]:
@@ -143,20 +174,20 @@ def _from_env(key: Key, raw: str) -> object:  # noqa: PLR0911 - one return per k
             return raw
 
 
-def _coerce(key: Key, value: object) -> object:  # noqa: PLR0911 - one return per kind
+def _coerce(key: Key, value: object) -> RawValue | None:  # noqa: PLR0911 - one return per kind
+    """*value* as *key*'s kind, or None if it is not one (TOML has no null)."""
     match key.kind:
         case "str":
-            return value if isinstance(value, str) else _INVALID
+            return value if isinstance(value, str) else None
         case "bool":
-            return value if isinstance(value, bool) else _INVALID
+            return value if isinstance(value, bool) else None
         case "int":
-            valid = isinstance(value, int) and not isinstance(value, bool)
-            return value if valid else _INVALID
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
         case "float":
             if isinstance(value, bool) or not isinstance(value, int | float):
-                return _INVALID
+                return None
             return float(value)
         case "list":
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return list(value)
-            return _INVALID
+                return [str(v) for v in value]
+            return None

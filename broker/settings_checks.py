@@ -16,10 +16,11 @@ from cryptography.hazmat.primitives.serialization import (
 from yarl import URL
 
 if TYPE_CHECKING:
-    from broker.settings import IpNetwork, JwtAuthSettings
+    from broker.settings import AdminSettings, IpNetwork, JwtAuthSettings
 
-_N = TypeVar("_N", int, float)
+_N = TypeVar("_N", bound=float)
 MIN_API_KEY_LENGTH = 16
+MIN_ADMIN_KEY_LENGTH = 32
 MIN_HS256_SECRET_BYTES = 32
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"})
 _ROUTE_PAIR = re.compile(r"^(GET|POST|PUT|PATCH|DELETE) (/[A-Za-z0-9._~{}/-]+)$")
@@ -42,7 +43,7 @@ class Checker:
             self.problems.append(f"{name}: required")
         return value
 
-    def in_range(self, name: str, value: _N, low: _N, high: _N) -> _N:
+    def in_range(self, name: str, value: _N, low: float, high: float) -> _N:
         if not low <= value <= high:
             self.problems.append(f"{name}: must be between {low} and {high}, got {value}")
         return value
@@ -89,6 +90,9 @@ class Checker:
             except ValueError:
                 self.problems.append(f"{name}: {value!r} is not an IP address or CIDR block")
         return tuple(networks)
+
+    def trusted_proxies(self, values: list[str]) -> tuple[IpNetwork, ...]:
+        return self.networks("server.trusted_proxies", values)
 
     def redis_url(self, value: str) -> str:
         if URL(value).scheme not in {"redis", "rediss", "unix"}:
@@ -166,6 +170,13 @@ class Checker:
             )
         if settings.public_key and load_pem_public_key_or_none(settings.public_key) is None:
             self.problems.append("auth.jwt.public_key_file: not a readable PEM public key")
+
+    def admin(self, settings: AdminSettings) -> None:
+        if settings.enabled and len(settings.api_key) < MIN_ADMIN_KEY_LENGTH:
+            self.problems.append(
+                f"admin.api_key: required with admin enabled (at least {MIN_ADMIN_KEY_LENGTH}"
+                " chars)"
+            )
 
     def api_keys(self, values: list[str]) -> tuple[str, ...]:
         if not values:

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import tomllib
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from broker.settings import ConfigError, load_settings, redacted_values
+from broker.config_schema import schema, setting
+from broker.config_source import Key
+from broker.settings import (
+    SCHEMA,
+    AdminSettings,
+    CacheSettings,
+    ConfigError,
+    CorsSettings,
+    JwtAuthSettings,
+    LimitSettings,
+    RouteSettings,
+    ServerSettings,
+    Settings,
+    TokenSettings,
+    load_settings,
+    redacted_values,
+)
 from tests.helpers import signing_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,3 +165,107 @@ def test_redacted_values_hide_every_secret(tmp_path: Path) -> None:
     assert "BEGIN" not in text
     assert effective["upstream"]["client_secret"] == "<redacted>"
     assert effective["upstream"]["client_id"] == "cid"
+
+
+def readme_table() -> list[list[str]]:
+    """The rows of the README's configuration table, cell by cell."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return [
+        [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        for line in section.splitlines()
+        if line.startswith("| `")
+    ]
+
+
+def shown_default(key: Key) -> str:
+    """The README's "default" cell for *key*: "(required...)" when there is none."""
+    if key.required and not key.default:
+        condition = "" if key.required is True else f" {key.required}"
+        return f"(required{condition}{', secret' if key.secret else ''})"
+    if isinstance(key.default, bool):
+        return f"`{str(key.default).lower()}`"
+    if isinstance(key.default, list):
+        return f"`{json.dumps(key.default)}`"
+    return f"`{key.default}`" if key.default != "" else '`""`'
+
+
+def test_the_readme_table_documents_every_declared_key_as_declared() -> None:
+    rows = readme_table()
+    assert all(len(row) == 4 for row in rows), [row for row in rows if len(row) != 4]
+    # Every declared key once, and no other.
+    assert sorted(row[0] for row in rows) == sorted(f"`{key.dotted}`" for key in SCHEMA)
+    declared = {f"`{key.dotted}`": key for key in SCHEMA}
+    for name, env, default, meaning in rows:
+        key = declared[name]
+        expected = (f"`{key.env_name}`", shown_default(key), key.doc)
+        assert (env, default, meaning) == expected, key.dotted
+
+
+def flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in document.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def test_the_documented_defaults_file_holds_every_declared_key_with_its_default() -> None:
+    document = flatten(tomllib.loads((REPO / "config" / "broker.toml").read_text()))
+    expected: dict[str, Any] = {}
+    for key in SCHEMA:
+        if key.dotted not in document and key.default == "":
+            # A key read from a file is documented by that form, unset (signing_key_file).
+            expected[f"{key.dotted}_file"] = ""
+        else:
+            expected[key.dotted] = key.default
+    typed = {name: (type(value).__name__, value) for name, value in document.items()}
+    assert typed == {name: (type(value).__name__, value) for name, value in expected.items()}
+
+
+def test_the_dataclass_defaults_are_the_keys_defaults(tmp_path: Path) -> None:
+    """What code gets from ``ServerSettings()`` is what a config file gets by omitting it
+    (server.host once defaulted to 127.0.0.1 in one and 0.0.0.0 in the other)."""
+    settings = load_settings(write_config(tmp_path, GOOD), {})
+    assert settings.server == ServerSettings()
+    assert settings.server.host == "0.0.0.0"
+    assert settings.tokens == TokenSettings()
+    assert settings.limits == LimitSettings()
+    assert settings.cors == CorsSettings()
+    assert settings.routes == RouteSettings()
+    assert settings.jwt_auth == JwtAuthSettings()
+    assert settings.admin == AdminSettings()
+    # The memory backend keeps no Redis URL.
+    assert settings.cache == dataclasses.replace(CacheSettings(), redis_url="")
+    defaults = {field.name: field.default for field in dataclasses.fields(Settings)}
+    assert settings.log_format == defaults["log_format"]
+    assert settings.log_level == defaults["log_level"]
+    assert settings.metrics_port == defaults["metrics_port"]
+
+
+def test_the_log_level_is_read_in_any_case(tmp_path: Path) -> None:
+    settings = load_settings(write_config(tmp_path, GOOD), {"BROKER_LOGGING_LEVEL": "DEBUG"})
+    assert settings.log_level == "debug"
+
+
+def test_a_declaration_that_contradicts_its_attribute_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Wrong:
+        SECTION: ClassVar[str] = "wrong"
+        timeout: float = setting(15, doc="an int default for a float attribute")
+
+    with pytest.raises(
+        TypeError,
+        match=r"Wrong\.timeout: typed float, but its default 15 makes it a key of kind int",
+    ):
+        schema(Wrong)
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Twice:
+        port: int = setting(1, name="twice.port", doc="")
+        other: int = setting(2, name="twice.port", doc="")
+
+    with pytest.raises(TypeError, match=r"declared more than once: twice\.port"):
+        schema(Twice)
