@@ -11,7 +11,7 @@ The floors run as the broker does (uvloop when installed) and measure what no br
 code can go below while it keeps aiohttp's server:
 
 - ``--mode lean`` ("floor: aiohttp server + lean client"): the same forwarding through
-  the broker's own lean transport (``broker.lean_transport``), nothing else;
+  the broker's own lean transport (``broker.upstream.lean``), nothing else;
 - ``--mode answer`` ("floor: aiohttp server alone"): the invoice JSON answered at once,
   no upstream call at all.
 """
@@ -27,9 +27,9 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from broker.lean_transport import LeanTransport
-from broker.server import run_loop
-from broker.settings import UpstreamSettings
+from broker.config.model import UpstreamSettings
+from broker.upstream.lean import LeanTransport
+from broker.web.server import run_loop
 
 FIXED_BEARER = "Bearer bench-fixed-upstream-token"
 INVOICE = (Path(__file__).resolve().parent / "payloads" / "invoice.json").read_bytes()

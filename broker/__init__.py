@@ -7,5 +7,5 @@ def compiled() -> bool:
     """True when the request path runs as mypyc-compiled modules (the compiled wheel)."""
     from importlib.util import find_spec  # noqa: PLC0415 - the package import stays bare
 
-    spec = find_spec("broker.relay")
+    spec = find_spec("broker.proxy.relay")
     return spec is not None and spec.origin is not None and not spec.origin.endswith(".py")

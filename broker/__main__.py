@@ -1,6 +1,6 @@
 """``python -m broker``: the same as the ``token-broker`` command."""
 
-from broker.cli import main
+from broker.cli.main import main
 
 if __name__ == "__main__":
     main()

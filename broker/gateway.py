@@ -8,29 +8,29 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from broker.checkout_tokens import CheckoutTokens
-from broker.cors import CorsPolicy
+from broker.auth.identity import IdentityVerifier
+from broker.auth.ownership import Ownership
+from broker.auth.revocations import Revocations
+from broker.auth.sessions import ApiKeys, AuthFailure, Session, SessionAuthority
+from broker.config.model import Settings
 from broker.errors import BrokerError
-from broker.identity import IdentityVerifier
-from broker.lean_transport import LeanTransport
-from broker.logs import get_logger
-from broker.metrics import Metrics
-from broker.ownership import Ownership
-from broker.partner_api import PartnerApi
-from broker.partner_token import PartnerToken
-from broker.rate_budget import RateBudget, SlidingWindowBudget
-from broker.revocations import Revocations
-from broker.routes import RouteTable
-from broker.sessions import ApiKeys, AuthFailure, Session, SessionAuthority
-from broker.settings import Settings
-from broker.targets import ProxyTargets
-from broker.throttle import TokenBuckets
-from broker.token_store import MemoryTokenStore
-from broker.transport import AiohttpTransport, UpstreamTransport
-from broker.upstream import open_session
+from broker.observability.logs import get_logger
+from broker.observability.metrics import Metrics
+from broker.proxy.allowlist import RouteTable
+from broker.proxy.cors import CorsPolicy
+from broker.proxy.targets import ProxyTargets
+from broker.proxy.throttle import TokenBuckets
+from broker.tokens.budget import RateBudget, SlidingWindowBudget
+from broker.tokens.checkout import CheckoutTokens
+from broker.tokens.partner import PartnerToken
+from broker.tokens.store import MemoryTokenStore
+from broker.upstream.calls import open_session
+from broker.upstream.lean import LeanTransport
+from broker.upstream.partner_api import PartnerApi
+from broker.upstream.transport import AiohttpTransport, UpstreamTransport
 
 if TYPE_CHECKING:
-    from broker.redis_backend import RedisBackend
+    from broker.redis.backend import RedisBackend
 
 log = get_logger("broker.gateway")
 
@@ -154,7 +154,7 @@ class Gateway:
         if cache.backend != "redis":
             return None
         # Imported here: redis is an optional extra, needed only for this backend.
-        from broker.redis_backend import open_redis_backend  # noqa: PLC0415
+        from broker.redis.backend import open_redis_backend  # noqa: PLC0415
 
         return await open_redis_backend(
             cache,

@@ -33,4 +33,5 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy broker tests bench
+.venv/bin/lint-imports --no-cache
 .venv/bin/pytest "$@"

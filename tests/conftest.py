@@ -23,11 +23,11 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from broker import __file__ as broker_init
 from broker import compiled
-from broker.app import create_app, runner_options
-from broker.logs import configure_logging
-from broker.runner import GatewayRunner
+from broker.config.model import Settings
+from broker.observability.logs import configure_logging
 from broker.sandbox import SandboxSettings, create_sandbox_app
-from broker.settings import Settings
+from broker.web.app import create_app, runner_options
+from broker.web.runner import GatewayRunner
 from tests.helpers import API_KEY, Sandbox, auth, make_settings
 
 BrokerClient = TestClient[web.Request, web.Application]

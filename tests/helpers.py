@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from yarl import URL
 
-from broker.settings import (
+from broker.config.model import (
     LimitSettings,
     SessionSettings,
     Settings,

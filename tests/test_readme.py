@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from broker.settings import SCHEMA
+from broker.config.model import SCHEMA
 
 REPO = Path(__file__).resolve().parent.parent
 

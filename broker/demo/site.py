@@ -20,6 +20,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from yarl import URL
 
+from broker.config.model import Settings
 from broker.demo.backend import (
     MAX_BODY_BYTES,
     SESSION_PATH,
@@ -30,8 +31,7 @@ from broker.demo.backend import (
 )
 from broker.demo.directory import Directory
 from broker.demo.sdk import LOCAL_SDK_PATH, SdkSource
-from broker.logs import get_logger
-from broker.settings import Settings
+from broker.observability.logs import get_logger
 
 log = get_logger("broker.demo")
 

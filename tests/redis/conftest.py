@@ -14,9 +14,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from broker.metrics import Metrics
-from broker.redis_backend import RedisBackend, open_redis_backend
-from broker.settings import CacheSettings
+from broker.config.model import CacheSettings
+from broker.observability.metrics import Metrics
+from broker.redis.backend import RedisBackend, open_redis_backend
 from tests.redis.processes import MISSING_REDIS, RedisServer, free_port, redis_executable
 
 MakeBackend = Callable[..., Awaitable[RedisBackend]]

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from broker.rate_budget import WINDOW
+from broker.tokens.budget import WINDOW
 from tests.redis.cluster import (
     API_KEY,
     LEASE_TTL,

@@ -9,9 +9,9 @@ import time
 
 from redis.asyncio import Redis
 
+from broker.config.model import CacheSettings
 from broker.credentials import CheckoutToken, TokenKey
-from broker.partner_api import OAuthToken
-from broker.settings import CacheSettings
+from broker.upstream.partner_api import OAuthToken
 from tests.redis.conftest import MakeBackend
 
 

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
+from broker.config.model import CacheSettings
 from broker.errors import RateBudgetExhausted
-from broker.rate_budget import WINDOW
-from broker.settings import CacheSettings
+from broker.tokens.budget import WINDOW
 from tests.redis.conftest import MakeBackend
 
 

@@ -8,11 +8,11 @@ import time
 import pytest
 from redis.asyncio import Redis
 
+from broker.config.model import CacheSettings
 from broker.credentials import CheckoutToken, TokenKey
-from broker.redis_coordinator import checkout_slot
-from broker.redis_shared import SharedToken
-from broker.sealing import Sealer
-from broker.settings import CacheSettings
+from broker.redis.coordinator import checkout_slot
+from broker.redis.sealing import Sealer
+from broker.redis.shared import SharedToken
 from tests.redis.conftest import MakeBackend
 
 KEY = TokenKey("cus_1", "inv_1")

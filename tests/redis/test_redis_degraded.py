@@ -13,11 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from broker.config.model import CacheSettings
 from broker.credentials import TokenKey
 from broker.errors import RateBudgetExhausted
-from broker.metrics import Metrics
-from broker.redis_backend import RedisBackend
-from broker.settings import CacheSettings
+from broker.observability.metrics import Metrics
+from broker.redis.backend import RedisBackend
 from tests.redis.conftest import MakeBackend
 from tests.redis.processes import RedisServer, free_port, redis_executable
 from tests.redis.test_redis_coordinator import Minter

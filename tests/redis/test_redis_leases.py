@@ -7,10 +7,10 @@ import asyncio
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from broker.metrics import Metrics
-from broker.redis_leases import Leases
-from broker.redis_link import RedisLink
-from broker.settings import CacheSettings
+from broker.config.model import CacheSettings
+from broker.observability.metrics import Metrics
+from broker.redis.leases import Leases
+from broker.redis.link import RedisLink
 
 
 def replica_leases(settings: CacheSettings) -> tuple[RedisLink, Leases]:

@@ -7,8 +7,8 @@ import itertools
 
 from redis.asyncio import Redis
 
-from broker.partner_api import OAuthToken
-from broker.settings import CacheSettings
+from broker.config.model import CacheSettings
+from broker.upstream.partner_api import OAuthToken
 from tests.redis.conftest import MakeBackend
 
 

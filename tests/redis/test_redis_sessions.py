@@ -9,9 +9,9 @@ import time
 import pytest
 from redis.asyncio import Redis
 
+from broker.config.model import CacheSettings
 from broker.credentials import TokenKey
 from broker.errors import ServiceUnavailable
-from broker.settings import CacheSettings
 from tests.redis.conftest import MakeBackend
 from tests.redis.processes import free_port
 from tests.redis.test_redis_coordinator import Minter

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from broker.sealing import KEY_ID_CHARS, SealBroken, Sealer, key_id
+from broker.redis.sealing import KEY_ID_CHARS, SealBroken, Sealer, key_id
 
 NAME = "ns:checkout:cus_1:inv_1"
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from prometheus_client import CollectorRegistry
 
-from broker.settings import TRANSPORTS, JwtAuthSettings, LimitSettings, Settings
+from broker.config.model import TRANSPORTS, JwtAuthSettings, LimitSettings, Settings
 from tests.conftest import BrokerClient
 from tests.helpers import GENEROUS_LIMITS, b64url, hmac_signed, make_settings, unsigned
 

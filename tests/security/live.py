@@ -19,10 +19,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from broker.app import create_app, runner_options
-from broker.runner import GatewayRunner
+from broker.config.model import Settings
 from broker.sandbox import SandboxSettings, create_sandbox_app
-from broker.settings import Settings
+from broker.web.app import create_app, runner_options
+from broker.web.runner import GatewayRunner
 from tests.helpers import Sandbox
 
 T = TypeVar("T")
@@ -30,8 +30,8 @@ AdminFactory = Callable[[web.Application], web.Application]
 
 
 def admin_app_factory() -> AdminFactory | None:
-    """``broker.app.create_admin_app`` as the spec names it (``broker.admin`` as well)."""
-    for module_name in ("broker.app", "broker.admin"):
+    """``broker.web.app.create_admin_app`` as the spec names it (``broker.web.admin`` as well)."""
+    for module_name in ("broker.web.app", "broker.web.admin"):
         module = importlib.import_module(module_name)
         factory = getattr(module, "create_admin_app", None)
         if factory is not None:

@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from structlog.testing import capture_logs
 
-from broker.access_log import AccessLogger
-from broker.settings import AdminSettings
+from broker.config.model import AdminSettings
+from broker.web.access_log import AccessLogger
 from tests.conftest import BrokerClient, BrokerTestServer, MakeBroker, new_session
 from tests.helpers import API_KEY, Sandbox, auth
 from tests.security.conftest import (
@@ -44,7 +44,7 @@ MakeAdmin = Callable[[BrokerClient], Awaitable[AdminClient]]
 def make_admin(aiohttp_client: AiohttpClient) -> MakeAdmin:
     async def make(broker: BrokerClient) -> AdminClient:
         factory = admin_app_factory()
-        assert factory is not None, "broker.app.create_admin_app does not exist"
+        assert factory is not None, "broker.web.app.create_admin_app does not exist"
         server = BrokerTestServer(factory(broker.app))  # the production runner, as serve()'s
         await server.start_server(access_log_class=AccessLogger)
         return cast(AdminClient, await aiohttp_client(server))
@@ -68,8 +68,8 @@ async def checkout_jwts(sandbox: Sandbox) -> set[str]:
 
 
 def test_the_admin_factory_lives_where_the_spec_says() -> None:
-    """``broker.app.create_admin_app(main_app)``; the other tests also accept broker.admin."""
-    module = importlib.import_module("broker.app")
+    """``broker.web.app.create_admin_app(main_app)``; other tests also accept broker.web.admin."""
+    module = importlib.import_module("broker.web.app")
     assert callable(getattr(module, "create_admin_app", None))
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from pytest_aiohttp import AiohttpRawServer
 
-from broker.settings import CorsSettings
+from broker.config.model import CorsSettings
 from tests.conftest import BrokerClient, MakeBroker, new_session
 from tests.helpers import Sandbox, auth
 from tests.security.conftest import (

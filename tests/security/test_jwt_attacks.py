@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpServer
 
-from broker.sessions import key_id
+from broker.auth.sessions import key_id
 from tests.conftest import BrokerClient, MakeBroker, new_session
 from tests.helpers import (
     Sandbox,

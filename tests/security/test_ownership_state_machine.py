@@ -38,8 +38,8 @@ from hypothesis.stateful import (
 )
 from yarl import URL
 
+from broker.config.model import TRANSPORTS, AdminSettings, ServerSettings, Settings
 from broker.sandbox import SandboxSettings
-from broker.settings import TRANSPORTS, AdminSettings, ServerSettings, Settings
 from tests.helpers import API_KEY
 from tests.security.conftest import (
     ADMIN_KEY,

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from broker.config.model import TRANSPORTS, ServerSettings, Settings
 from broker.sandbox import SandboxSettings
-from broker.settings import TRANSPORTS, ServerSettings, Settings
 from tests.helpers import API_KEY
 from tests.security.conftest import hardened_settings, http_request, raw_exchange
 from tests.security.live import LiveLoop, LiveStack

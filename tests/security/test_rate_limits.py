@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import ClientResponse
 
-from broker.settings import ServerSettings
+from broker.config.model import ServerSettings
 from tests.conftest import BrokerClient, MakeBroker, new_session
 from tests.helpers import API_KEY, Sandbox, auth
 from tests.security.conftest import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.settings import RouteSettings
+from broker.config.model import RouteSettings
 from tests.conftest import BrokerClient, MakeBroker, new_session
 from tests.helpers import Sandbox
 from tests.security.conftest import (

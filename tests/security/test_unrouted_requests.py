@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from broker.errors import BadRequest, BrokerError, GatewayTimeout, MethodNotAllowed, NotFound
-from broker.runner import GatewayRunner
+from broker.web.runner import GatewayRunner
 from tests.conftest import BrokerClient, LogCapture, MakeBroker, new_session
 from tests.helpers import Sandbox
 from tests.security.conftest import (

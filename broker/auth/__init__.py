@@ -1,0 +1,2 @@
+"""Who is asking: broker session tokens, browser-direct IdP identities, invoice
+ownership, and revocations."""

@@ -1,0 +1,211 @@
+"""Broker session tokens: issued to the partner backend, verified on every proxied call.
+
+A session token is an ES256 JWT that the broker signs (``kid`` in the header); the
+algorithm is pinned, never read from the token. Verified claims are cached by the
+token's digest until the token expires, so a hot session costs one hash, not one
+signature check, per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from broker.bounded import trim_target, trimmed
+from broker.config.model import SessionSettings
+from broker.credentials import TokenKey, valid_id
+from broker.errors import Unauthenticated
+
+ALGORITHM = "ES256"
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "iat", "jti", "customer_id", "invoice_id")
+# A session token is ~500 bytes; anything far larger is not ours and not worth parsing.
+MAX_TOKEN_LENGTH: Final = 4096
+VERIFIED_CACHE_SIZE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A verified session: only what requests need, since up to VERIFIED_CACHE_SIZE of
+    these stay cached (the claims ``jti`` and ``client_id`` are checked, not kept)."""
+
+    key: TokenKey
+    # The verified-cache key (BLAKE2b of the token): also names the session for the
+    # per-session rate limit, one token one bucket, without keeping the jti string.
+    digest: bytes
+    issued_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSession:
+    token: str
+    expires_at: int
+
+
+class AuthFailure(Unauthenticated):
+    """An ``Unauthenticated`` that names its reason for the auth-failure metric."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
+    """RFC 7638 JWK thumbprint: stable, derived from the key, no bookkeeping."""
+    jwk = _public_jwk_fields(public_key)
+    canonical = json.dumps(
+        {k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True
+    )
+    return _b64(hashlib.sha256(canonical.encode()).digest())
+
+
+class SessionAuthority:
+    """Issues and verifies session tokens; the first key signs, all keys verify."""
+
+    def __init__(self, settings: SessionSettings, clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._signing_key = settings.signing_key
+        self._signing_kid = key_id(settings.signing_key.public_key())
+        public_keys = [settings.signing_key.public_key(), *settings.verify_keys]
+        self._verify_keys = {key_id(key): key for key in public_keys}
+        # Verified claims by token digest, oldest first (sessions live alike, so that is
+        # also soonest-expiring first); expiry is checked on every hit.
+        self._verified: dict[bytes, Session] = {}
+        self._verified_bound = VERIFIED_CACHE_SIZE
+
+    def issue(self, key: TokenKey, client_id: str) -> IssuedSession:
+        # Millisecond iat: a revocation "before now" must not catch a session issued
+        # in the same second just after it.
+        now = round(self._clock(), 3)
+        expires_at = int(now) + self._settings.ttl
+        claims = {
+            "iss": self._settings.issuer,
+            "aud": self._settings.audience,
+            "sub": key.customer_id,
+            "customer_id": key.customer_id,
+            "invoice_id": key.invoice_id,
+            "client_id": client_id,
+            "iat": now,
+            "exp": expires_at,
+            "jti": secrets.token_urlsafe(16),
+        }
+        token = jwt.encode(
+            claims, self._signing_key, algorithm=ALGORITHM, headers={"kid": self._signing_kid}
+        )
+        return IssuedSession(token=token, expires_at=expires_at)
+
+    def verify(self, token: str) -> Session:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise AuthFailure("token_too_long")
+        # 120 bits of BLAKE2b: no collision at any cache size (birthday bound 2^60), and
+        # a 15-byte bytes object takes a 48-byte allocation where 16 bytes take 64.
+        digest = hashlib.blake2b(token.encode(), digest_size=15).digest()
+        session = self._verified.get(digest)
+        if session is not None:
+            if self._clock() < session.expires_at + self._settings.leeway:
+                return session
+            del self._verified[digest]
+        session = self._verify_signature(token, digest)
+        self._verified[digest] = session
+        if len(self._verified) > self._verified_bound:
+            now, leeway = self._clock(), self._settings.leeway
+            keep = trim_target(self._verified_bound)
+            self._verified = trimmed(self._verified, keep, lambda s: now < s.expires_at + leeway)
+        return session
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        keys = []
+        for kid, key in self._verify_keys.items():
+            keys.append({**_public_jwk_fields(key), "kid": kid, "alg": ALGORITHM, "use": "sig"})
+        return {"keys": keys}
+
+    def _verify_signature(self, token: str, digest: bytes) -> Session:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise AuthFailure("malformed") from None
+        kid = header.get("kid")
+        public_key = self._verify_keys.get(kid) if isinstance(kid, str) else None
+        if header.get("alg") != ALGORITHM or public_key is None:
+            raise AuthFailure("unknown_key")
+        if "crit" in header or "jku" in header or "x5u" in header or "jwk" in header:
+            raise AuthFailure("unsupported_header")  # we never set these; never follow them
+        try:
+            claims = jwt.decode(
+                token,
+                public_key,
+                algorithms=[ALGORITHM],
+                audience=self._settings.audience,
+                issuer=self._settings.issuer,
+                leeway=self._settings.leeway,
+                options={"require": list(REQUIRED_CLAIMS), "strict_aud": True},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthFailure("expired") from None
+        except jwt.InvalidTokenError:
+            raise AuthFailure("invalid") from None
+        return _session_from_claims(claims, digest)
+
+
+def _session_from_claims(claims: dict[str, object], digest: bytes) -> Session:
+    customer_id, invoice_id = claims["customer_id"], claims["invoice_id"]
+    client_id, jti = claims.get("client_id", ""), claims["jti"]
+    iat, exp = claims["iat"], claims["exp"]
+    if (
+        not valid_id(customer_id)
+        or not valid_id(invoice_id)
+        or claims["sub"] != customer_id
+        or not isinstance(client_id, str)
+        or not isinstance(jti, str)
+        or isinstance(iat, bool)
+        or not isinstance(iat, int | float)
+        or isinstance(exp, bool)
+        or not isinstance(exp, int)
+    ):
+        raise AuthFailure("invalid_claims")
+    return Session(
+        key=TokenKey(str(customer_id), str(invoice_id)),
+        digest=digest,
+        issued_at=float(iat),
+        expires_at=float(exp),
+    )
+
+
+class ApiKeys:
+    """The partner backends' API keys, compared in constant time."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        # Compare digests so that every comparison has the same length and cost.
+        self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
+
+    def check(self, presented: str) -> bool:
+        digest = hashlib.sha256(presented.encode()).digest()
+        matched = False
+        for known in self._digests:  # no early exit: timing says nothing about position
+            matched |= hmac.compare_digest(digest, known)
+        return matched
+
+
+def _public_jwk_fields(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
+    numbers = key.public_numbers()
+    return {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": _b64(numbers.x.to_bytes(32, "big")),
+        "y": _b64(numbers.y.to_bytes(32, "big")),
+    }
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

@@ -1,0 +1,194 @@
+"""Forwarding one request upstream and streaming the answer back, headers cleaned."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDictProxy, istr
+
+from broker.bounded import Memo
+from broker.errors import (
+    BadGateway,
+    BadRequest,
+    GatewayTimeout,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
+from broker.observability.exchange import REQUEST_ID_HEADER
+from broker.proxy.cors import CorsPolicy, finish_headers
+from broker.upstream.calls import USER_AGENT
+from broker.upstream.transport import STREAM_CHUNK, UpstreamProtocolError, UpstreamResponse
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the legacy Proxy-Connection.
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# The only browser headers the upstream gets; everything else (Authorization, Cookie,
+# X-Forwarded-*, Origin, ...) stays at the broker.
+FORWARDED_REQUEST_HEADERS = ("Accept", "Accept-Language", "Content-Type", "Idempotency-Key")
+_FORWARDED: Final = tuple((istr(name), name.lower()) for name in FORWARDED_REQUEST_HEADERS)
+_SINGLE_VALUED: Final = frozenset({"content-type", "idempotency-key"})
+# Never relayed to the browser: cookies, and fields the broker itself owns (it frames
+# the body it sends: Content-Length comes from the body, or the upstream's framing).
+_DROPPED_RESPONSE_HEADERS: Final = HOP_BY_HOP | {
+    "content-length",
+    "set-cookie",
+    "set-cookie2",
+    "date",
+    "server",
+    "cache-control",
+    "www-authenticate",
+    REQUEST_ID_HEADER.lower(),
+}
+# CORS is the broker's to answer: every upstream Access-Control-* field is dropped.
+_DROPPED_RESPONSE_PREFIX: Final = "access-control-"
+SMALL_BODY: Final = 64 * 1024
+# Field names as multidict's istr, Final: compiled code reads each from a C static
+# rather than a module attribute per use, and a multidict finds an istr without
+# case-folding it first.
+_CONNECTION: Final = hdrs.CONNECTION
+_AUTHORIZATION: Final = hdrs.AUTHORIZATION
+_USER_AGENT: Final = hdrs.USER_AGENT
+_CACHE_CONTROL: Final = hdrs.CACHE_CONTROL
+_NO_NAMES: Final[frozenset[str]] = frozenset()
+
+
+def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """Header names listed in ``Connection``: hop-by-hop for this connection only."""
+    values = headers.getall(_CONNECTION, ())
+    if not values:  # most browser requests: HTTP/1.1 keeps the connection by default
+        return _NO_NAMES
+    if len(values) == 1:
+        return _listed_names(values[0])  # most: "keep-alive", judged once
+    return _names_in(",".join(values))
+
+
+def _names_in(value: str) -> frozenset[str]:
+    return frozenset(token.strip().lower() for token in value.split(","))
+
+
+def _relayed_as(name: str) -> str:
+    """*name* lowercased, or "" when the broker never relays that field."""
+    lowered = name.lower()
+    if lowered in _DROPPED_RESPONSE_HEADERS or lowered.startswith(_DROPPED_RESPONSE_PREFIX):
+        return ""
+    return lowered
+
+
+def _short(text: str) -> bool:
+    return len(text) <= 64
+
+
+# Values and names are few and repeat on every answer: each is judged once. Callers and
+# the upstream choose them, so only short ones are kept: the memos stay small.
+_listed_names: Final = Memo(_names_in, 256, keep=_short)
+_relayed_name: Final = Memo(_relayed_as, 1024, keep=_short)
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str], *, bearer: str, request_id: str
+) -> dict[str, str]:
+    named = connection_tokens(incoming)
+    headers: dict[str, str] = {}
+    for name, lowered in _FORWARDED:
+        if lowered in named:
+            continue
+        values = incoming.getall(name, ())
+        if not values:
+            continue
+        if len(values) > 1 and lowered in _SINGLE_VALUED:
+            raise BadRequest(f"Duplicate {name} header.")
+        headers[name] = ", ".join(values)
+    headers[_AUTHORIZATION] = f"Bearer {bearer}"
+    headers[_USER_AGENT] = USER_AGENT
+    headers[REQUEST_ID_HEADER] = request_id
+    return headers
+
+
+Fields = list[tuple[str, str]]
+
+
+def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> Fields:
+    """The upstream's fields the browser may see, as pairs: aiohttp's response makes its
+    own multidict of them in one call (a multidict built here would be copied)."""
+    named = connection_tokens(upstream)
+    fields = [
+        (name, value)
+        for name, value in upstream.items()
+        if (lowered := _relayed_name(name)) and lowered not in named
+    ]
+    fields.append((_CACHE_CONTROL, "no-store"))
+    return fields
+
+
+async def read_body(request: web.Request, limit: int, within: float) -> bytes | None:
+    """The whole request body (bounded, so that it can be replayed after a 401)."""
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding != "identity":
+        raise UnsupportedMediaType("compressed request body")
+    if not request.body_exists:
+        return None
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"declared body of {request.content_length} bytes")
+    body = bytearray()
+    try:
+        async with asyncio.timeout(within):  # a slow body must not hold a worker
+            async for chunk in request.content.iter_chunked(STREAM_CHUNK):
+                body += chunk
+                if len(body) > limit:
+                    raise PayloadTooLarge("streamed body over the limit")
+    except TimeoutError:
+        raise RequestTimeout("request body too slow") from None
+    return bytes(body)
+
+
+async def relay_response(
+    request: web.Request, upstream: UpstreamResponse, request_id: str, cors: CorsPolicy | None
+) -> web.StreamResponse:
+    """Send the upstream's answer: small bodies in one write, large ones streamed. (A
+    small one leaves the request id and CORS to the front door, as every answer does;
+    a stream's headers are sent here, before the front door sees the response.)"""
+    headers = downstream_response_headers(upstream.headers)
+    length = upstream.content_length
+    if length is None or length > SMALL_BODY:
+        headers.append((REQUEST_ID_HEADER, request_id))
+        return await stream_back(request, upstream, headers, cors)
+    # Read before answering, so a broken small body is still a clean 502/504; and one
+    # write of headers and body instead of three costs a third of the syscalls.
+    try:
+        body = await upstream.read_exactly(length)
+    except TimeoutError as exc:
+        raise GatewayTimeout("upstream body timed out") from exc
+    except (aiohttp.ClientError, UpstreamProtocolError) as exc:
+        raise BadGateway("upstream body broken") from exc
+    return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+
+
+async def stream_back(
+    request: web.Request, upstream: UpstreamResponse, headers: Fields, cors: CorsPolicy | None
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if upstream.content_length is not None:  # else chunked, or to EOF on HTTP/1.0
+        response.content_length = upstream.content_length
+    finish_headers(request, response.headers, cors)  # prepared here, not after the front door
+    await response.prepare(request)
+    # A failure from here on propagates: aiohttp drops the connection and the client
+    # sees a truncated body, never a well-framed but incomplete one.
+    while chunk := await upstream.next_chunk():
+        await response.write(chunk)
+    await response.write_eof()
+    return response

@@ -1,0 +1,58 @@
+"""The canonical ``request_finished`` line, emitted through aiohttp's access-log hook.
+
+aiohttp calls this for every answered request, including those its parser refused
+before any handler ran, so each request gets exactly one line. The query string is
+never logged: it may carry cursors or, by mistake, credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from broker.observability.exchange import UNMATCHED
+from broker.observability.logs import get_logger
+from broker.web.keys import exchange_key
+
+log = get_logger("broker.access")
+MAX_LOGGED_PATH = 256
+
+
+class AccessLogger(AbstractAccessLogger):
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        exchange = request.get(exchange_key)
+        path = request.raw_path.partition("?")[0][:MAX_LOGGED_PATH]
+        fields: dict[str, object] = {
+            "method": request.method,
+            "path": path,
+            "status": response.status,
+            "duration_ms": round(time * 1000, 3),
+            "bytes_sent": response.body_length,
+        }
+        if exchange is None:  # refused before any route (parser, CONNECT): no front door
+            fields["route"] = UNMATCHED
+        else:
+            fields.update(
+                request_id=exchange.request_id,
+                route=exchange.route,
+                customer_id=exchange.customer_id,
+                invoice_id=exchange.invoice_id,
+                upstream_status=exchange.upstream_status,
+                upstream_ms=_milliseconds(exchange.upstream_ms),
+                token_outcome=exchange.token_outcome,
+                error_code=exchange.error_code,
+            )
+        log.info("request_finished", **fields)
+
+    @property
+    def enabled(self) -> bool:
+        # Read by aiohttp once per connection: below info it then neither times the
+        # requests nor calls log(), which would build the fields for nothing.
+        return bool(log.is_enabled_for(logging.INFO))
+
+
+def _milliseconds(value: float | None) -> float | None:
+    # Rounded here, for the lines written, rather than per request: round() costs ~0.3 µs.
+    return None if value is None else round(value, 3)

@@ -1,0 +1,106 @@
+"""The composition root: ``create_app`` wires settings, collaborators and routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+from aiohttp import hdrs, web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from broker.auth.sessions import ApiKeys
+from broker.config.model import Settings
+from broker.gateway import Gateway
+from broker.observability.metrics import Metrics
+from broker.proxy.cors import finish_headers
+from broker.web import admin, handlers
+from broker.web.access_log import AccessLogger
+from broker.web.front_door import GET_HEAD, add_routes, add_unmatched, front_door
+from broker.web.keys import admin_key_key, gateway_key, registry_key
+
+SESSION_INIT_PATHS = ("/v1/checkout-auth/init", "/checkout-auth/init")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    serve_metrics: bool = True,
+) -> web.Application:
+    registry = registry if registry is not None else CollectorRegistry()
+    gateway = Gateway(settings, Metrics.create(registry))
+    app = web.Application(client_max_size=settings.limits.max_body_bytes)
+    app[gateway_key] = gateway
+    app[registry_key] = registry
+    app.cleanup_ctx.append(_gateway_lifetime)
+    app.on_shutdown.append(_stop_being_ready)
+
+    router, door = app.router, front_door(gateway, public=True)
+    add_routes(router, door, GET_HEAD, "/healthz", handlers.health)
+    add_routes(router, door, GET_HEAD, "/readyz", handlers.readiness)
+    add_routes(router, door, GET_HEAD, "/.well-known/jwks.json", handlers.jwks)
+    if serve_metrics:
+        add_routes(router, door, GET_HEAD, "/metrics", make_aiohttp_handler(registry))
+    for path in SESSION_INIT_PATHS:
+        add_routes(router, door, (hdrs.METH_POST,), path, handlers.issue_session)
+    for prefix in settings.upstream.proxy_prefixes:
+        # [\s\S]: aiohttp matches the *decoded* path, and "." would let an encoded
+        # newline fall through to a 404 instead of the path checks' 400.
+        tail = prefix + "{tail:[\\s\\S]*}"
+        add_routes(router, door, (hdrs.METH_ANY,), tail, partial(handlers.proxy, gateway))
+    add_unmatched(router, door)
+    return app
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """``AppRunner`` keywords for the public listener (tests use the same ones)."""
+    return {
+        "access_log_class": AccessLogger,
+        "handler_cancellation": True,  # a caller gone stops its upstream call
+        # aiohttp arms this timer at connect and after each response, and data does
+        # not reset it: a client must finish its next request's headers in time.
+        "keepalive_timeout": settings.limits.header_timeout,
+        # After an early refusal (413/415) aiohttp drains the rest of the body for this
+        # long, inflating compressed ones; keep that cost bounded.
+        "lingering_time": 1.0,
+        "shutdown_timeout": settings.server.shutdown_timeout,
+    }
+
+
+def create_admin_app(main: web.Application) -> web.Application:
+    """A separate application sharing *main*'s gateway (tokens, revocations)."""
+    gateway = main[gateway_key]
+    app = web.Application()
+    app[gateway_key] = gateway
+    app[admin_key_key] = ApiKeys((gateway.settings.admin.api_key,))
+    path = "/admin/v1/customers/{customer_id}/tokens"
+    door = front_door(gateway, public=False)
+    add_routes(app.router, door, GET_HEAD, path, admin.customer_tokens)
+    add_routes(app.router, door, (hdrs.METH_DELETE,), path, admin.revoke_customer)
+    add_unmatched(app.router, door)
+    return app
+
+
+def create_metrics_app(registry: CollectorRegistry) -> web.Application:
+    """``/metrics`` alone, for ``[metrics] port``: keeps scrapes off the public port."""
+    app = web.Application()
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.on_response_prepare.append(_name_the_server)  # no front door here to do it
+    return app
+
+
+async def _name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    finish_headers(request, response.headers, None)  # our Server, not aiohttp's version
+
+
+async def _gateway_lifetime(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[gateway_key]
+    await gateway.start()
+    yield
+    await gateway.close()
+
+
+async def _stop_being_ready(app: web.Application) -> None:
+    app[gateway_key].draining = True

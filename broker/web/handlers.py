@@ -1,0 +1,181 @@
+"""Request handlers: parse the request, call collaborators, answer. Nothing else."""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+from aiohttp import hdrs, web
+from yarl import URL
+
+from broker.auth.sessions import AuthFailure
+from broker.credentials import TokenKey, valid_id
+from broker.errors import BadGateway, BadRequest, NotFound
+from broker.gateway import Gateway
+from broker.observability.exchange import Exchange
+from broker.observability.logs import get_logger
+from broker.proxy.relay import (
+    read_body,
+    relay_response,
+    upstream_request_headers,
+)
+from broker.upstream.calls import UpstreamCall
+from broker.upstream.transport import UpstreamResponse
+from broker.web.front_door import remote_address
+from broker.web.keys import exchange_key, gateway_key
+
+log = get_logger("broker.web.handlers")
+
+NO_STORE = {hdrs.CACHE_CONTROL: "no-store"}
+MAX_INIT_BODY = 4096
+_BEARER_PREFIX: Final = "Bearer "
+_AUTHORIZATION: Final = hdrs.AUTHORIZATION  # a C static in compiled code
+
+
+def bearer_token(request: web.Request) -> str:
+    """The one ``Authorization: Bearer`` credential, or an AuthFailure naming why not."""
+    values = request.headers.getall(_AUTHORIZATION, ())
+    if not values:
+        raise AuthFailure("missing")
+    if len(values) > 1:
+        raise BadRequest("Duplicate Authorization header.")
+    value = values[0]
+    if value.startswith(_BEARER_PREFIX):  # the SDK's exact form: one slice, no parse
+        credential = value[len(_BEARER_PREFIX) :]
+        # str.strip() returns the string itself when there is nothing to strip.
+        if credential and " " not in credential and credential.strip() == credential:
+            return credential
+    scheme, _, credential = value.strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential or " " in credential:
+        raise AuthFailure("malformed")
+    return credential
+
+
+async def health(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"}, headers=NO_STORE)
+
+
+async def readiness(request: web.Request) -> web.Response:
+    gateway = request.app[gateway_key]
+    problems = await gateway.readiness_problems()
+    gateway.metrics.ready.set(0 if problems else 1)
+    if problems:
+        body = {"status": "not_ready", "reasons": problems}
+        return web.json_response(body, status=503, headers=NO_STORE)
+    notes = gateway.readiness_notes()  # e.g. Redis down: this replica serves alone
+    ready = {"status": "ready", "notes": notes} if notes else {"status": "ready"}
+    return web.json_response(ready, headers=NO_STORE)
+
+
+async def jwks(request: web.Request) -> web.Response:
+    keys = request.app[gateway_key].sessions.jwks()
+    return web.json_response(keys, headers={hdrs.CACHE_CONTROL: "public, max-age=300"})
+
+
+async def issue_session(request: web.Request) -> web.Response:
+    """``POST /v1/checkout-auth/init``: a partner backend (API key) or a browser (IdP JWT)."""
+    gateway = request.app[gateway_key]
+    credential = bearer_token(request)
+    is_partner_backend = gateway.api_keys.check(credential)
+    if not is_partner_backend:
+        # Browsers and key guessers are limited per IP; a partner backend issues
+        # sessions for all its users from a few addresses, so its key is not.
+        gateway.init_throttle.take(remote_address(request, gateway))
+    customer_id, invoice_id = await _read_ids(request)
+    if is_partner_backend:
+        auth = "api_key"
+        if customer_id is None:
+            raise BadRequest("invalid customer id")
+    elif gateway.identity is not None:
+        auth = "jwt"
+        caller = await gateway.identity.verify(credential)
+        if customer_id is not None and customer_id != caller:
+            raise NotFound("body customer_id is not the caller's")
+        customer_id = caller
+        await gateway.connected.ownership.require_owner(invoice_id, caller)
+    else:
+        raise AuthFailure("unknown_api_key")
+    key = TokenKey(customer_id, invoice_id)
+    exchange = request[exchange_key]
+    exchange.customer_id, exchange.invoice_id = key
+    issued = gateway.sessions.issue(key, client_id=gateway.settings.upstream.client_id)
+    gateway.metrics.sessions_issued.labels(auth=auth).inc()
+    body = {"token": issued.token, "expires_at": issued.expires_at}
+    return web.json_response(body, headers=NO_STORE)
+
+
+async def _read_ids(request: web.Request) -> tuple[str | None, str]:
+    """(customer_id or None when absent, invoice_id) from the JSON body, validated."""
+    limits = request.app[gateway_key].settings.limits
+    limit = min(limits.max_body_bytes, MAX_INIT_BODY)
+    raw = await read_body(request, limit, limits.body_timeout) or b""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise BadRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    customer_id, invoice_id = body.get("customer_id"), body.get("invoice_id")
+    if customer_id is not None and not valid_id(customer_id):
+        raise BadRequest("invalid customer id")
+    if not valid_id(invoice_id):
+        raise BadRequest("invalid invoice id")
+    return (str(customer_id) if customer_id is not None else None), str(invoice_id)
+
+
+async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
+    """Verify the session, swap in the checkout JWT, forward, stream the answer back.
+    Routed bound to its gateway (``functools.partial``): no app lookup per request."""
+    exchange = request[exchange_key]
+    url = gateway.targets.upstream_url(request.method, request.raw_path)
+    session = await gateway.authenticate(bearer_token(request))
+    exchange.customer_id, exchange.invoice_id = session.key
+    gateway.session_throttle.take(session.digest)
+    limits = gateway.settings.limits
+    # Most SDK calls are GETs: no body to read, no coroutine to make for it.
+    body = (
+        await read_body(request, limits.max_body_bytes, limits.body_timeout)
+        if request.body_exists
+        else None
+    )
+    tokens = gateway.connected.tokens
+
+    lookup = tokens.cached(session.key) or await tokens.wait_for_mint(session.key)
+    exchange.token_outcome = lookup.outcome
+    upstream = await _send(gateway, request, exchange, url, body, lookup.token.value)
+    if upstream.status == 401:
+        upstream.release()
+        lookup = await tokens.replace_rejected(session.key, lookup.token)
+        upstream = await _send(gateway, request, exchange, url, body, lookup.token.value)
+        result = "failed" if upstream.status == 401 else "recovered"
+        gateway.metrics.upstream_unauthorized.labels(result=result).inc()
+        log.info("upstream_unauthorized_" + result, customer_id=session.key.customer_id)
+        if upstream.status == 401:
+            upstream.release()
+            raise BadGateway("upstream refused a freshly minted token")
+    try:
+        if 300 <= upstream.status < 400:
+            raise BadGateway(f"upstream redirected ({upstream.status})")
+        return await relay_response(request, upstream, exchange.request_id, gateway.cors)
+    finally:
+        upstream.release()
+
+
+async def _send(
+    gateway: Gateway,
+    request: web.Request,
+    exchange: Exchange,
+    url: URL,
+    body: bytes | None,
+    bearer: str,
+) -> UpstreamResponse:
+    headers = upstream_request_headers(
+        request.headers, bearer=bearer, request_id=exchange.request_id
+    )
+    with UpstreamCall(gateway.metrics, "proxy") as record:
+        response = await gateway.connected.transport.send(request.method, url, headers, body)
+        record.status = str(response.status)
+    exchange.upstream_status = response.status
+    exchange.upstream_ms = record.elapsed * 1000  # rounded when logged
+    return response

@@ -1,0 +1,54 @@
+"""Revocations refuse older sessions only while those could still be alive."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.auth import revocations
+from broker.auth.revocations import Revocations
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sessions_issued_up_to_the_revocation_are_refused_until_they_would_expire() -> None:
+    clock = Clock()
+    revoked = Revocations(session_ttl=60, clock=clock)
+    assert not revoked.revoked("cus_1", issued_at=999)
+    revoked.revoke("cus_1")
+    assert revoked.revoked("cus_1", issued_at=999)
+    assert revoked.revoked("cus_1", issued_at=1_000)
+    assert not revoked.revoked("cus_1", issued_at=1_000.5)  # issued after: fine
+    assert not revoked.revoked("cus_2", issued_at=999)
+    clock.now += 59
+    assert revoked.revoked("cus_1", issued_at=999)
+    clock.now += 1  # every session revoked has expired by now: the entry goes
+    assert not revoked.revoked("cus_1", issued_at=999)
+
+
+def test_a_later_revocation_is_never_undone_by_an_earlier_one() -> None:
+    clock = Clock()
+    revoked = Revocations(session_ttl=60, clock=clock)
+    revoked.revoke("cus_1", before=1_000)
+    revoked.revoke("cus_1", before=900)
+    assert revoked.revoked("cus_1", issued_at=950)
+    assert revoked.revoked("cus_1", issued_at=1_000)
+
+
+def test_the_table_is_bounded_expired_entries_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(revocations, "MAX_REVOKED_CUSTOMERS", 3)
+    clock = Clock()
+    revoked = Revocations(session_ttl=60, clock=clock)
+    revoked.revoke("old")
+    clock.now += 61
+    for name in ("a", "b", "c"):
+        revoked.revoke(name)  # "old" is expired: it goes first
+    assert all(revoked.revoked(name, issued_at=clock.now) for name in ("a", "b", "c"))
+    revoked.revoke("d")  # full of live ones: the oldest ("a") goes
+    assert not revoked.revoked("a", issued_at=clock.now)
+    assert all(revoked.revoked(name, issued_at=clock.now) for name in ("b", "c", "d"))

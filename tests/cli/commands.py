@@ -1,0 +1,85 @@
+"""Running the `token-broker` command as users run it: real processes, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.helpers import API_KEY, auth
+
+BROKER = [sys.executable, "-m", "broker"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own command, fixed arguments
+        [*BROKER, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+def write_config(tmp_path: Path, upstream: str, port: int, extra: str = "") -> Path:
+    key = tmp_path / "signing.pem"
+    key.write_text(run_cli("keygen").stdout)
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+shutdown_timeout = 10.0
+[upstream]
+base_url = "{upstream}"
+allow_insecure_http = true
+client_id = "sandbox-client"
+client_secret = "canary-cli-secret"
+[sessions]
+api_keys = ["{API_KEY}"]
+signing_key_file = "{key}"
+[logging]
+format = "json"
+{extra}
+"""
+    )
+    return config
+
+
+async def wait_ready(url: str, process: asyncio.subprocess.Process, within: float = 20) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    async with aiohttp.ClientSession() as http:
+        while loop.time() < deadline:
+            assert process.returncode is None, "the broker exited early"
+            try:
+                async with http.get(url + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("the broker never became ready")
+
+
+async def start_broker(
+    processes: list[asyncio.subprocess.Process], port: int, *argv: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Run *argv* (a broker listening on *port*) until ready; stopped by ``processes``."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    processes.append(process)
+    url = f"http://127.0.0.1:{port}"
+    await wait_ready(url, process)
+    return process, url
+
+
+async def alice_session(http: aiohttp.ClientSession, url: str, api_key: str) -> str:
+    async with http.post(
+        url + "/v1/checkout-auth/init",
+        json={"customer_id": "cus_alice", "invoice_id": "inv_alice_1"},
+        headers=auth(api_key),
+    ) as response:
+        token: str = (await response.json())["token"]
+    return token

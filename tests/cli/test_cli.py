@@ -1,0 +1,127 @@
+"""The `token-broker` command as users run it: real processes, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from tests.cli.commands import (
+    BROKER,
+    alice_session,
+    run_cli,
+    start_broker,
+    write_config,
+)
+from tests.conftest import MakeSandbox
+from tests.helpers import API_KEY, auth
+
+
+def test_keygen_prints_an_es256_private_key() -> None:
+    result = run_cli("keygen")
+    assert result.returncode == 0
+    key = load_pem_private_key(result.stdout.encode(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.curve.name == "secp256r1"
+
+
+def test_usage_errors_exit_2() -> None:
+    assert run_cli().returncode == 2
+    assert run_cli("serve").returncode == 2
+    assert run_cli("frobnicate").returncode == 2
+
+
+def test_check_config_reports_all_problems_or_prints_redacted_config(tmp_path: Path) -> None:
+    good = write_config(tmp_path, "http://127.0.0.1:1", 8080)
+    result = run_cli("check-config", str(good))
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)
+    assert effective["upstream"]["client_secret"] == "<redacted>"
+    assert "canary-cli-secret" not in result.stdout
+    assert "BEGIN" not in result.stdout
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        good.read_text()
+        .replace("port = 8080", "port = 99999")
+        .replace("allow_insecure_http = true", "allow_insecure_http = false")
+    )
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 1
+    assert "server.port" in result.stderr
+    assert "https is required" in result.stderr
+    assert "canary-cli-secret" not in result.stderr + result.stdout
+
+
+async def test_serve_sandbox_runs_the_quick_start(
+    unused_tcp_port_factory: Callable[[], int], processes: list[asyncio.subprocess.Process]
+) -> None:
+    port, sandbox_port = unused_tcp_port_factory(), unused_tcp_port_factory()
+    demo_port = unused_tcp_port_factory()
+    process, url = await start_broker(
+        processes, port,
+        *BROKER, "serve", "--sandbox", "--port", str(port), "--sandbox-port", str(sandbox_port),
+        "--demo-port", str(demo_port),
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        token = await alice_session(http, url, "sandbox-demo-api-key")
+        async with http.get(url + "/checkout/invoice", headers=auth(token)) as response:
+            assert response.status == 200
+            assert (await response.json())["id"] == "inv_alice_1"
+    # What aiohttp's parser refuses gets the broker's answer on the served listener too.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET / HTTP/1.1\r\nAuthorization: Bearer {token}\x01\r\n\r\n".encode())
+    refused = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    assert refused.startswith(b"HTTP/1.0 400 "), refused
+    assert b"Server: token-broker\r\n" in refused
+    assert token.encode() not in refused
+    process.send_signal(signal.SIGTERM)
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
+    assert process.returncode == 0
+    text = output.decode()
+    assert "Quick start" in text
+    assert f"http://127.0.0.1:{port}" in text
+    # The demo site is the first URL the banner names.
+    banner = text[text.index("token-broker is running") :]
+    assert re.findall(r"http://127\.0\.0\.1:\d+", banner)[0] == f"http://127.0.0.1:{demo_port}"
+    assert token not in text
+
+
+async def test_sigterm_drains_a_slow_in_flight_request_then_exits_zero(
+    tmp_path: Path,
+    make_sandbox: MakeSandbox,
+    unused_tcp_port_factory: Callable[[], int],
+    processes: list[asyncio.subprocess.Process],
+) -> None:
+    """The image's entrypoint: `token-broker serve --config FILE`."""
+    sandbox = await make_sandbox(client_secret="canary-cli-secret")
+    port = unused_tcp_port_factory()
+    config = write_config(tmp_path, str(sandbox.url), port)
+    executable = str(Path(sys.executable).parent / "token-broker")
+    process, url = await start_broker(processes, port, executable, "serve", "--config", str(config))
+    async with aiohttp.ClientSession() as http:
+        token = await alice_session(http, url, API_KEY)
+        async with http.get(url + "/checkout/invoice", headers=auth(token)) as response:
+            assert response.status == 200  # warm: the slow call below is the proxy itself
+        await sandbox.faults(latency_ms=2000)
+        slow = asyncio.ensure_future(http.get(url + "/checkout/invoice", headers=auth(token)))
+        await asyncio.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        response = await asyncio.wait_for(slow, timeout=10)
+        assert response.status == 200
+        assert (await response.json())["id"] == "inv_alice_1"
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
+    assert process.returncode == 0
+    events = [
+        json.loads(line)["event"] for line in output.decode().splitlines() if line.startswith("{")
+    ]
+    assert events.index("broker_draining") < events.index("broker_stopped")
