@@ -17,19 +17,25 @@ class Revocations:
     only by the admin API, and a TTL cache pays its expiry bookkeeping on each read.
     """
 
-    def __init__(self, session_ttl: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        session_ttl: float,
+        clock: Callable[[], float] = time.time,
+        max_customers: int = MAX_REVOKED_CUSTOMERS,
+    ) -> None:
         self._session_ttl = session_ttl
         self._clock = clock
+        self._max_customers = max_customers
         self._revoked: dict[str, float] = {}  # oldest revocation first
 
     def revoke(self, customer_id: str, before: float | None = None) -> float:
         before = self._clock() if before is None else before
         latest = max(before, self._revoked.pop(customer_id, 0.0))
-        if len(self._revoked) >= MAX_REVOKED_CUSTOMERS:
+        if len(self._revoked) >= self._max_customers:
             # Full: the expired go, then (full of live ones) the oldest, as an LRU would.
             cutoff = self._clock() - self._session_ttl
             self._revoked = trimmed(
-                self._revoked, MAX_REVOKED_CUSTOMERS - 1, lambda revoked: revoked > cutoff
+                self._revoked, self._max_customers - 1, lambda revoked: revoked > cutoff
             )
         self._revoked[customer_id] = latest
         return before

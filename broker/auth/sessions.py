@@ -72,7 +72,12 @@ def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
 class SessionAuthority:
     """Issues and verifies session tokens; the first key signs, all keys verify."""
 
-    def __init__(self, settings: SessionSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: SessionSettings,
+        clock: Callable[[], float] = time.time,
+        max_verified: int = VERIFIED_CACHE_SIZE,
+    ) -> None:
         self._settings = settings
         self._clock = clock
         self._signing_key = settings.signing_key
@@ -82,7 +87,7 @@ class SessionAuthority:
         # Verified claims by token digest, oldest first (sessions live alike, so that is
         # also soonest-expiring first); expiry is checked on every hit.
         self._verified: dict[bytes, Session] = {}
-        self._verified_bound = VERIFIED_CACHE_SIZE
+        self._verified_bound = max_verified
 
     def issue(self, key: TokenKey, client_id: str) -> IssuedSession:
         # Millisecond iat: a revocation "before now" must not catch a session issued

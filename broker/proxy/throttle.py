@@ -30,14 +30,18 @@ class TokenBuckets:
     """
 
     def __init__(
-        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = MAX_TRACKED_KEYS,
     ) -> None:
         self._interval = 1.0 / rate
         self._tolerance = burst * self._interval
         self._clock = clock
         self._arrival: dict[str | bytes, float] = {}  # in order of last use: oldest first
-        self._bound = MAX_TRACKED_KEYS  # read here: per request, an attribute is cheaper
-        self._keep = trim_target(MAX_TRACKED_KEYS)
+        self._bound = max_keys
+        self._keep = trim_target(max_keys)
         self._forget_idle_at = clock() + FORGET_IDLE_EVERY
 
     def take(self, key: str | bytes) -> None:

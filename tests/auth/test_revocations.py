@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-from broker.auth import revocations
 from broker.auth.revocations import Revocations
 
 
@@ -40,10 +37,9 @@ def test_a_later_revocation_is_never_undone_by_an_earlier_one() -> None:
     assert revoked.revoked("cus_1", issued_at=1_000)
 
 
-def test_the_table_is_bounded_expired_entries_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(revocations, "MAX_REVOKED_CUSTOMERS", 3)
+def test_the_table_is_bounded_expired_entries_first() -> None:
     clock = Clock()
-    revoked = Revocations(session_ttl=60, clock=clock)
+    revoked = Revocations(session_ttl=60, clock=clock, max_customers=3)
     revoked.revoke("old")
     clock.now += 61
     for name in ("a", "b", "c"):

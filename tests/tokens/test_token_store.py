@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from broker.auth import sessions
 from broker.auth.sessions import SessionAuthority
 from broker.bounded import Memo
 from broker.config.model import SessionSettings
@@ -82,12 +81,9 @@ def test_the_schedule_is_never_early_and_at_most_one_granule_late() -> None:
     assert schedule.pop_due(1e9) == []
 
 
-def test_rate_limit_buckets_forget_idle_keys_and_stay_bounded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(throttle, "MAX_TRACKED_KEYS", 128)
+def test_rate_limit_buckets_forget_idle_keys_and_stay_bounded() -> None:
     clock = Clock()
-    buckets = TokenBuckets(rate=1.0, burst=2, clock=clock)
+    buckets = TokenBuckets(rate=1.0, burst=2, clock=clock, max_keys=128)
     buckets.take("busy")
     buckets.take("busy")
     with pytest.raises(TooManyRequests):
@@ -103,10 +99,9 @@ def test_rate_limit_buckets_forget_idle_keys_and_stay_bounded(
         buckets.take("late")  # forgetting others never resets a busy key
 
 
-def test_the_verified_session_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sessions, "VERIFIED_CACHE_SIZE", 64)
+def test_the_verified_session_cache_is_bounded() -> None:
     authority = SessionAuthority(
-        SessionSettings(signing_key=ec.generate_private_key(ec.SECP256R1()))
+        SessionSettings(signing_key=ec.generate_private_key(ec.SECP256R1())), max_verified=64
     )
     tokens = [authority.issue(key(n), client_id="client").token for n in range(100)]
     for token_ in tokens:
