@@ -1,7 +1,9 @@
-"""Trimming the insertion-ordered dicts that serve as the broker's bounded caches."""
+"""The broker's bounded caches: trimming insertion-ordered dicts, and ``memo``, the one
+way the request path remembers a judgement (a field name's verdict, a target's)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable
 from typing import Final, Generic, TypeVar, cast
 
@@ -9,6 +11,8 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 _ABSENT: Final = object()  # what Memo's dict.get answers for a key it has not remembered
+# Whether this module (and so the request path, compiled with it) runs compiled.
+_COMPILED: Final = not __file__.endswith(".py")
 
 
 def trim_target(bound: int) -> int:
@@ -53,3 +57,25 @@ class Memo(Generic[K, V]):
         if len(self._values) < self._size and (self._keep is None or self._keep(key)):
             self._values[key] = value
         return value
+
+
+def memo(
+    compute: Callable[[K], V], size: int, keep: Callable[[K], bool] | None = None
+) -> Memo[K, V]:
+    """*compute*, remembered for at most *size* keys (and only those *keep* accepts):
+    the fastest bounded memo of the build that runs. Compiled, that is ``Memo``, whose
+    hit is a native call and one dict lookup. On plain Python it is functools'
+    ``lru_cache``, implemented in C: its hit costs about a third of ``Memo.__call__``,
+    a Python method. Either way an exception is never remembered, memory stays
+    bounded, and a key past the bound is computed afresh (``lru_cache`` evicts the
+    least recently used instead of refusing new keys: same bound, same answers)."""
+    if _COMPILED:
+        return Memo(compute, size, keep)
+    cached = functools.lru_cache(maxsize=size)(compute)
+    if keep is None:
+        return cast("Memo[K, V]", cached)  # called like a Memo; only mypyc would mind
+
+    def remembered_if_kept(key: K) -> V:
+        return cached(key) if keep(key) else compute(key)
+
+    return cast("Memo[K, V]", remembered_if_kept)

@@ -18,12 +18,13 @@ from broker.observability.logs import get_logger
 from broker.observability.metrics import Metrics
 from broker.proxy.allowlist import RouteTable
 from broker.proxy.cors import CorsPolicy
+from broker.proxy.forwarder import Forwarder
 from broker.proxy.targets import ProxyTargets
 from broker.proxy.throttle import TokenBuckets
 from broker.tokens.budget import RateBudget, SlidingWindowBudget
 from broker.tokens.checkout import CheckoutTokens
 from broker.tokens.partner import PartnerToken
-from broker.tokens.store import MemoryTokenStore
+from broker.tokens.store import MemoryTokenStore, TokenStore
 from broker.upstream.calls import open_session
 from broker.upstream.lean import LeanTransport
 from broker.upstream.partner_api import PartnerApi
@@ -45,6 +46,7 @@ class Connected:
     tokens: CheckoutTokens
     ownership: Ownership
     transport: UpstreamTransport
+    forwarder: Forwarder
     shared: RedisBackend | None = None  # with [cache] backend = "redis"
 
 
@@ -85,6 +87,19 @@ class Gateway:
         if self._connected is None:
             raise RuntimeError("the gateway is not started")
         return self._connected
+
+    # What handlers call: collaborators, each named, rather than the Connected record.
+    @property
+    def forwarder(self) -> Forwarder:
+        return self.connected.forwarder
+
+    @property
+    def ownership(self) -> Ownership:
+        return self.connected.ownership
+
+    @property
+    def token_store(self) -> TokenStore:
+        return self.connected.tokens.store
 
     async def start(self) -> None:
         settings = self.settings.upstream
@@ -131,6 +146,7 @@ class Gateway:
             tokens=tokens,
             ownership=ownership,
             transport=transport,
+            forwarder=Forwarder(tokens, transport, self.metrics),
             shared=shared,
         )
         # Fetch the partner token now so that readiness tells the truth from the start.

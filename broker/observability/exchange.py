@@ -4,11 +4,6 @@ from __future__ import annotations
 
 from typing import Final
 
-from multidict import istr
-
-# Every answer carries its request's id, and every upstream call the request makes. An
-# istr, as aiohttp's own field names: a multidict finds it without case-folding it first.
-REQUEST_ID_HEADER: Final = istr("X-Request-Id")
 # The route label of requests no route took (and of those refused before routing).
 UNMATCHED: Final = "unmatched"
 

@@ -11,19 +11,19 @@ messages, and renders tracebacks without frame locals (they hold bearer tokens).
 from __future__ import annotations
 
 import datetime
-import functools
 import logging
 import re
 import sys
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import orjson
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
+from broker.bounded import memo
 from broker.credentials import fingerprint
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
@@ -55,12 +55,14 @@ def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> Event
     return event_dict
 
 
-# Field names are few and fixed by the code, so each is judged once (this runs for
-# every field of every line: judging by substring each time was half a line's cost).
-@functools.lru_cache(maxsize=4096)
-def _secret_name(name: str) -> bool:
+def _judge_name(name: str) -> bool:
     lowered = name.lower()
     return lowered not in _SAFE_NAMES and any(s in lowered for s in _SECRET_NAMES)
+
+
+# Field names are few and fixed by the code, so each is judged once (this runs for
+# every field of every line).
+_secret_name: Final = memo(_judge_name, 4096)
 
 
 def scrub_aiohttp_records(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:

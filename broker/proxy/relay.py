@@ -6,10 +6,10 @@ import asyncio
 from typing import Final
 
 import aiohttp
-from aiohttp import hdrs, web
+from aiohttp import web
 from multidict import CIMultiDictProxy, istr
 
-from broker.bounded import Memo
+from broker.bounded import memo
 from broker.errors import (
     BadGateway,
     BadRequest,
@@ -18,9 +18,17 @@ from broker.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
-from broker.observability.exchange import REQUEST_ID_HEADER
-from broker.proxy.cors import CorsPolicy, finish_headers
-from broker.upstream.calls import USER_AGENT
+from broker.headers import (
+    AUTHORIZATION,
+    BROKER_USER_AGENT,
+    CACHE_CONTROL,
+    CONNECTION,
+    CONTENT_ENCODING,
+    REQUEST_ID,
+    USER_AGENT,
+)
+from broker.proxy.cors import CorsPolicy
+from broker.proxy.finishing import finish_headers
 from broker.upstream.transport import STREAM_CHUNK, UpstreamProtocolError, UpstreamResponse
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy Proxy-Connection.
@@ -52,24 +60,17 @@ _DROPPED_RESPONSE_HEADERS: Final = HOP_BY_HOP | {
     "server",
     "cache-control",
     "www-authenticate",
-    REQUEST_ID_HEADER.lower(),
+    REQUEST_ID.lower(),
 }
 # CORS is the broker's to answer: every upstream Access-Control-* field is dropped.
 _DROPPED_RESPONSE_PREFIX: Final = "access-control-"
 SMALL_BODY: Final = 64 * 1024
-# Field names as multidict's istr, Final: compiled code reads each from a C static
-# rather than a module attribute per use, and a multidict finds an istr without
-# case-folding it first.
-_CONNECTION: Final = hdrs.CONNECTION
-_AUTHORIZATION: Final = hdrs.AUTHORIZATION
-_USER_AGENT: Final = hdrs.USER_AGENT
-_CACHE_CONTROL: Final = hdrs.CACHE_CONTROL
 _NO_NAMES: Final[frozenset[str]] = frozenset()
 
 
 def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     """Header names listed in ``Connection``: hop-by-hop for this connection only."""
-    values = headers.getall(_CONNECTION, ())
+    values = headers.getall(CONNECTION, ())
     if not values:  # most browser requests: HTTP/1.1 keeps the connection by default
         return _NO_NAMES
     if len(values) == 1:
@@ -95,8 +96,8 @@ def _short(text: str) -> bool:
 
 # Values and names are few and repeat on every answer: each is judged once. Callers and
 # the upstream choose them, so only short ones are kept: the memos stay small.
-_listed_names: Final = Memo(_names_in, 256, keep=_short)
-_relayed_name: Final = Memo(_relayed_as, 1024, keep=_short)
+_listed_names: Final = memo(_names_in, 256, keep=_short)
+_relayed_name: Final = memo(_relayed_as, 1024, keep=_short)
 
 
 def upstream_request_headers(
@@ -113,9 +114,9 @@ def upstream_request_headers(
         if len(values) > 1 and lowered in _SINGLE_VALUED:
             raise BadRequest(f"Duplicate {name} header.")
         headers[name] = ", ".join(values)
-    headers[_AUTHORIZATION] = f"Bearer {bearer}"
-    headers[_USER_AGENT] = USER_AGENT
-    headers[REQUEST_ID_HEADER] = request_id
+    headers[AUTHORIZATION] = f"Bearer {bearer}"
+    headers[USER_AGENT] = BROKER_USER_AGENT
+    headers[REQUEST_ID] = request_id
     return headers
 
 
@@ -131,13 +132,13 @@ def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> Fields:
         for name, value in upstream.items()
         if (lowered := _relayed_name(name)) and lowered not in named
     ]
-    fields.append((_CACHE_CONTROL, "no-store"))
+    fields.append((CACHE_CONTROL, "no-store"))
     return fields
 
 
 async def read_body(request: web.Request, limit: int, within: float) -> bytes | None:
     """The whole request body (bounded, so that it can be replayed after a 401)."""
-    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    encoding = request.headers.get(CONTENT_ENCODING, "identity").strip().lower()
     if encoding != "identity":
         raise UnsupportedMediaType("compressed request body")
     if not request.body_exists:
@@ -165,8 +166,7 @@ async def relay_response(
     headers = downstream_response_headers(upstream.headers)
     length = upstream.content_length
     if length is None or length > SMALL_BODY:
-        headers.append((REQUEST_ID_HEADER, request_id))
-        return await stream_back(request, upstream, headers, cors)
+        return await stream_back(request, upstream, headers, request_id, cors)
     # Read before answering, so a broken small body is still a clean 502/504; and one
     # write of headers and body instead of three costs a third of the syscalls.
     try:
@@ -179,12 +179,17 @@ async def relay_response(
 
 
 async def stream_back(
-    request: web.Request, upstream: UpstreamResponse, headers: Fields, cors: CorsPolicy | None
+    request: web.Request,
+    upstream: UpstreamResponse,
+    headers: Fields,
+    request_id: str,
+    cors: CorsPolicy | None,
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if upstream.content_length is not None:  # else chunked, or to EOF on HTTP/1.0
         response.content_length = upstream.content_length
-    finish_headers(request, response.headers, cors)  # prepared here, not after the front door
+    # Prepared here, so finished here: the front door sees this response only once sent.
+    finish_headers(request, response.headers, request_id, cors)
     await response.prepare(request)
     # A failure from here on propagates: aiohttp drops the connection and the client
     # sees a truncated body, never a well-framed but incomplete one.

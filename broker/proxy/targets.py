@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from yarl import URL
 
-from broker.bounded import Memo
+from broker.bounded import memo
 from broker.errors import MethodNotAllowed
 from broker.proxy.allowlist import RouteTable
 from broker.proxy.paths import check_proxy_target
@@ -36,7 +36,7 @@ class ProxyTargets:
         self._origin = origin  # the base URL without its trailing "/"
         self._prefixes = prefixes
         self._routes = routes
-        self._judged = Memo(self._judge, _REMEMBERED_PAIRS, keep=_short_target)
+        self._judged = memo(self._judge, _REMEMBERED_PAIRS, keep=_short_target)
 
     def upstream_url(self, method: str, raw_target: str) -> URL:
         return self._judged((method, raw_target))

@@ -7,15 +7,13 @@ from types import TracebackType
 from typing import Final
 
 import aiohttp
-from aiohttp import hdrs
 
-from broker import __version__
 from broker.config.model import UpstreamSettings
 from broker.errors import BadGateway, BrokerError, GatewayTimeout, ServiceUnavailable
+from broker.headers import ACCEPT_ENCODING, CONTENT_TYPE, USER_AGENT
 from broker.observability.metrics import Metrics
 from broker.upstream.transport import UpstreamProtocolError, UpstreamUnreachable
 
-USER_AGENT: Final = f"token-broker/{__version__}"
 # The SDK retries a 503 four times at once; a short Retry-After spaces those out.
 UNAVAILABLE_RETRY_AFTER = 1.0
 _perf_counter: Final = time.perf_counter  # a C static in compiled code, per call
@@ -37,7 +35,7 @@ def open_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
         ),
         auto_decompress=False,  # relay bytes as sent; keeps Content-Length true
         cookie_jar=aiohttp.DummyCookieJar(),  # never share cookies across callers
-        skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE),
+        skip_auto_headers=(USER_AGENT, ACCEPT_ENCODING, CONTENT_TYPE),
         trust_env=False,  # HTTP(S)_PROXY must not silently reroute payment traffic
         raise_for_status=False,
     )

@@ -20,7 +20,7 @@ from typing import Final
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from broker.bounded import Memo
+from broker.bounded import memo
 from broker.config.model import UpstreamSettings
 from broker.upstream.lean_connection import ClosedBeforeAnswer, UpstreamConnection
 from broker.upstream.transport import UpstreamResponse, UpstreamUnreachable
@@ -45,7 +45,7 @@ def _judge_field(name: str) -> bool:
 # Field name -> sent (True) or framing we own (False); names are few and fixed by the
 # caller's allowlist, so each is judged once rather than per request. An unsafe name
 # raises, and an exception is never remembered: it is judged (and refused) every time.
-_sent_field: Final = Memo(_judge_field, 1024)
+_sent_field: Final = memo(_judge_field, 1024)
 
 
 class Slots:

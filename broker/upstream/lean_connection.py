@@ -12,8 +12,9 @@ from collections import deque
 from typing import Final, cast
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from broker.headers import CONTENT_LENGTH, TRANSFER_ENCODING
 from broker.upstream.transport import UpstreamProtocolError, UpstreamUnreachable
 
 # Status line and header fields. aiohttp's client allows 8 KiB per line; a proxy relaying
@@ -26,10 +27,6 @@ MAX_FRAMING: Final = 64 * 1024
 # upstream is slowed down to the caller's pace instead of filling our memory.
 HIGH_WATER: Final = 256 * 1024
 LOW_WATER: Final = 64 * 1024
-# Final: compiled code reads these from C statics; header names as multidict's istr,
-# found without case-folding them first.
-_CONTENT_LENGTH: Final = istr("Content-Length")
-_TRANSFER_ENCODING: Final = istr("Transfer-Encoding")
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _NO_HEADERS: Final[CIMultiDictProxy[str]] = CIMultiDictProxy(CIMultiDict())
 
@@ -308,15 +305,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = parser.should_keep_alive() and parser.get_http_version() == "1.1"
         if self._head_only or status in _NO_BODY_STATUSES:
             # Whatever Content-Length says, no body follows; without one, None as aiohttp.
-            self.content_length = 0 if _CONTENT_LENGTH in headers else None
+            self.content_length = 0 if CONTENT_LENGTH in headers else None
             if self._head_only:
                 # llhttp can't be told that a HEAD answer has no body, so the parser
                 # would misread the next response: this connection is not reused.
                 self._complete, self._keep_alive = True, False
-        elif codings := headers.getall(_TRANSFER_ENCODING, ()):
+        elif codings := headers.getall(TRANSFER_ENCODING, ()):
             # llhttp decides the framing; the body ends at EOF unless chunked comes last.
             self._eof_body = codings[-1].rsplit(",", 1)[-1].strip().lower() != "chunked"
-        elif (length := headers.get(_CONTENT_LENGTH)) is not None:
+        elif (length := headers.get(CONTENT_LENGTH)) is not None:
             self.content_length = int(length)  # llhttp refused anything but digits
         else:
             self._eof_body = True

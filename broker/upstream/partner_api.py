@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import aiohttp
-from aiohttp import hdrs
 from yarl import URL
 
 from broker.config.model import UpstreamSettings
@@ -20,8 +19,16 @@ from broker.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from broker.headers import (
+    ACCEPT,
+    AUTHORIZATION,
+    BROKER_USER_AGENT,
+    CONTENT_TYPE,
+    RETRY_AFTER,
+    USER_AGENT,
+)
 from broker.observability.metrics import Metrics
-from broker.upstream.calls import USER_AGENT, UpstreamCall, retry_after_seconds
+from broker.upstream.calls import UpstreamCall, retry_after_seconds
 
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -132,12 +139,12 @@ class PartnerApi:
 
 def _headers(authorization: str, content_type: str | None = None) -> dict[str, str]:
     headers: dict[str, str] = {
-        hdrs.AUTHORIZATION: authorization,
-        hdrs.ACCEPT: "application/json",
-        hdrs.USER_AGENT: USER_AGENT,
+        AUTHORIZATION: authorization,
+        ACCEPT: "application/json",
+        USER_AGENT: BROKER_USER_AGENT,
     }
     if content_type is not None:
-        headers[hdrs.CONTENT_TYPE] = content_type
+        headers[CONTENT_TYPE] = content_type
     return headers
 
 
@@ -158,7 +165,7 @@ def _raise_for_unexpected(response: aiohttp.ClientResponse) -> None:
     if response.status == 429:
         raise UpstreamRateLimited(
             "upstream answered 429",
-            retry_after=retry_after_seconds(response.headers.get(hdrs.RETRY_AFTER)),
+            retry_after=retry_after_seconds(response.headers.get(RETRY_AFTER)),
         )
     if response.status >= 500:
         raise ServiceUnavailable(f"upstream answered {response.status}", retry_after=1.0)

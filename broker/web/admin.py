@@ -41,7 +41,7 @@ async def customer_tokens(request: web.Request) -> web.Response:
     customer_id = _authorise(request, "list_tokens")
     gateway = request.app[gateway_key]
     now = time.time()
-    store = gateway.connected.tokens.store
+    store = gateway.token_store
     tokens = [
         {
             "invoice_id": key.invoice_id,

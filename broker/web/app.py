@@ -14,10 +14,10 @@ from broker.auth.sessions import ApiKeys
 from broker.config.model import Settings
 from broker.gateway import Gateway
 from broker.observability.metrics import Metrics
-from broker.proxy.cors import finish_headers
+from broker.proxy.finishing import finish_headers
 from broker.web import admin, handlers
 from broker.web.access_log import AccessLogger
-from broker.web.front_door import GET_HEAD, add_routes, add_unmatched, front_door
+from broker.web.front_door import GET_HEAD, FrontDoor, add_routes, add_unmatched
 from broker.web.keys import admin_key_key, gateway_key, registry_key
 
 SESSION_INIT_PATHS = ("/v1/checkout-auth/init", "/checkout-auth/init")
@@ -37,7 +37,8 @@ def create_app(
     app.cleanup_ctx.append(_gateway_lifetime)
     app.on_shutdown.append(_stop_being_ready)
 
-    router, door = app.router, front_door(gateway, public=True)
+    router, door = app.router, FrontDoor(gateway, public=True)
+    door.guard(app)
     add_routes(router, door, GET_HEAD, "/healthz", handlers.health)
     add_routes(router, door, GET_HEAD, "/readyz", handlers.readiness)
     add_routes(router, door, GET_HEAD, "/.well-known/jwks.json", handlers.jwks)
@@ -76,7 +77,8 @@ def create_admin_app(main: web.Application) -> web.Application:
     app[gateway_key] = gateway
     app[admin_key_key] = ApiKeys((gateway.settings.admin.api_key,))
     path = "/admin/v1/customers/{customer_id}/tokens"
-    door = front_door(gateway, public=False)
+    door = FrontDoor(gateway, public=False)
+    door.guard(app)
     add_routes(app.router, door, GET_HEAD, path, admin.customer_tokens)
     add_routes(app.router, door, (hdrs.METH_DELETE,), path, admin.revoke_customer)
     add_unmatched(app.router, door)
@@ -92,7 +94,7 @@ def create_metrics_app(registry: CollectorRegistry) -> web.Application:
 
 
 async def _name_the_server(request: web.Request, response: web.StreamResponse) -> None:
-    finish_headers(request, response.headers, None)  # our Server, not aiohttp's version
+    finish_headers(request, response.headers, None, None)  # our Server, not aiohttp's
 
 
 async def _gateway_lifetime(app: web.Application) -> AsyncIterator[None]:

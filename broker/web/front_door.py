@@ -33,9 +33,10 @@ from broker.errors import (
     PayloadTooLarge,
 )
 from broker.gateway import Gateway
-from broker.observability.exchange import REQUEST_ID_HEADER, UNMATCHED, Exchange
+from broker.headers import CACHE_CONTROL, EXPECT, ORIGIN, REQUEST_ID, RETRY_AFTER, WWW_AUTHENTICATE
+from broker.observability.exchange import UNMATCHED, Exchange
 from broker.observability.logs import get_logger, request_id_var
-from broker.proxy.cors import finish_headers
+from broker.proxy.finishing import finish_headers
 from broker.proxy.throttle import client_ip
 from broker.web.keys import exchange_key, gateway_key
 
@@ -48,9 +49,7 @@ _SANE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _UNTHROTTLED_ROUTES: Final = frozenset(
     {"/healthz", "/readyz", "/metrics", "/v1/checkout-auth/init", "/checkout-auth/init"}
 )
-# Final (here and above): compiled code reads these from C statics, not module attributes;
-# header names as multidict's istr, found without case-folding them first.
-_ORIGIN: Final = hdrs.ORIGIN
+# Final (here and above): compiled code reads these from C statics, not module attributes.
 _ORIGIN_LOGGED: Final = 200  # characters of a refused Origin worth a log line
 _perf_counter: Final = time.perf_counter
 _KNOWN_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -67,7 +66,7 @@ def _template_of(resource: web.AbstractResource) -> str:
 
 
 def request_id_for(request: web.BaseRequest) -> str:
-    values = request.headers.getall(REQUEST_ID_HEADER, ())
+    values = request.headers.getall(REQUEST_ID, ())
     if len(values) == 1 and _SANE_REQUEST_ID.fullmatch(values[0]):
         return values[0]
     return new_request_id()
@@ -130,8 +129,8 @@ def front_door(gateway: Gateway, *, public: bool) -> Door:
                     response = _refusal(request, exc)
                 status = response.status
                 if not response.prepared:  # streamed answers got these before their headers
-                    response.headers[REQUEST_ID_HEADER] = exchange.request_id
-                    finish_headers(request, response.headers, gateway.cors if public else None)
+                    cors = gateway.cors if public else None
+                    finish_headers(request, response.headers, exchange.request_id, cors)
                 return response
             except web.HTTPException as exc:  # below 400: not an error, aiohttp answers it
                 status = exc.status
@@ -143,6 +142,38 @@ def front_door(gateway: Gateway, *, public: bool) -> Door:
         return front
 
     return door
+
+
+class FrontDoor:
+    """A listener's front door (``front_door``) that remembers every handler it wrapped,
+    so that its app refuses to start with a route added around it: such a route would
+    answer without a request id, the error shape, metrics or the per-IP limit."""
+
+    def __init__(self, gateway: Gateway, *, public: bool) -> None:
+        self._wrap = front_door(gateway, public=public)
+        self._fronts: set[Handler] = set()
+
+    def __call__(self, handler: Handler, route: str) -> Handler:
+        front = self._wrap(handler, route)
+        self._fronts.add(front)
+        return front
+
+    def guard(self, app: web.Application) -> None:
+        """Check *app*'s routes when it starts (routes can be added until then), before
+        anything else starts."""
+        app.on_startup.insert(0, self._refuse_routes_around_it)
+
+    async def _refuse_routes_around_it(self, app: web.Application) -> None:
+        around = [
+            f"{route.method} {route.resource.canonical if route.resource else '?'}"
+            for route in app.router.routes()
+            if route.handler not in self._fronts
+        ]
+        if around:
+            raise RuntimeError(
+                "routes not served through the front door (add them with add_routes): "
+                + ", ".join(around)
+            )
 
 
 def add_routes(
@@ -174,7 +205,7 @@ async def expect_continue(request: web.Request) -> None:
     echoing the value, under its own Server header."""
     if (
         request.version == HttpVersion11
-        and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
+        and request.headers.get(EXPECT, "").lower() == "100-continue"
     ):
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # an interim answer: the response has not started
@@ -230,7 +261,7 @@ def _guard(request: web.Request, gateway: Gateway, route: str) -> web.Response |
     if route not in _UNTHROTTLED_ROUTES:
         gateway.ip_throttle.take(remote_address(request, gateway))
     if gateway.cors.is_preflight(request):
-        origin = headers.get(_ORIGIN)
+        origin = headers.get(ORIGIN)
         if not gateway.cors.allows(origin):
             # The browser shows its page only a network error, so this line is where a
             # developer learns which origin to add (cors.allowed_origins, --cors-origin).
@@ -266,11 +297,11 @@ def error_response(request: web.Request, exc: BrokerError) -> web.Response:
 
 def shaped_error(exc: BrokerError) -> web.Response:
     """*exc* in the upstream's error shape, with the headers its status calls for."""
-    headers = {hdrs.CACHE_CONTROL: "no-store"}
+    headers = {CACHE_CONTROL: "no-store"}
     if exc.retry_after is not None:
-        headers[hdrs.RETRY_AFTER] = str(max(1, math.ceil(exc.retry_after)))
+        headers[RETRY_AFTER] = str(max(1, math.ceil(exc.retry_after)))
     if exc.status == 401:
-        headers[hdrs.WWW_AUTHENTICATE] = 'Bearer error="invalid_token"'
+        headers[WWW_AUTHENTICATE] = 'Bearer error="invalid_token"'
     return web.json_response(exc.body(), status=exc.status, headers=headers)
 
 

@@ -5,36 +5,31 @@ from __future__ import annotations
 import json
 from typing import Final
 
-from aiohttp import hdrs, web
-from yarl import URL
+from aiohttp import web
 
 from broker.auth.sessions import AuthFailure
 from broker.credentials import TokenKey, valid_id
 from broker.errors import BadGateway, BadRequest, NotFound
 from broker.gateway import Gateway
-from broker.observability.exchange import Exchange
+from broker.headers import AUTHORIZATION, CACHE_CONTROL
 from broker.observability.logs import get_logger
 from broker.proxy.relay import (
     read_body,
     relay_response,
-    upstream_request_headers,
 )
-from broker.upstream.calls import UpstreamCall
-from broker.upstream.transport import UpstreamResponse
 from broker.web.front_door import remote_address
 from broker.web.keys import exchange_key, gateway_key
 
 log = get_logger("broker.web.handlers")
 
-NO_STORE = {hdrs.CACHE_CONTROL: "no-store"}
+NO_STORE = {CACHE_CONTROL: "no-store"}
 MAX_INIT_BODY = 4096
 _BEARER_PREFIX: Final = "Bearer "
-_AUTHORIZATION: Final = hdrs.AUTHORIZATION  # a C static in compiled code
 
 
 def bearer_token(request: web.Request) -> str:
     """The one ``Authorization: Bearer`` credential, or an AuthFailure naming why not."""
-    values = request.headers.getall(_AUTHORIZATION, ())
+    values = request.headers.getall(AUTHORIZATION, ())
     if not values:
         raise AuthFailure("missing")
     if len(values) > 1:
@@ -70,7 +65,7 @@ async def readiness(request: web.Request) -> web.Response:
 
 async def jwks(request: web.Request) -> web.Response:
     keys = request.app[gateway_key].sessions.jwks()
-    return web.json_response(keys, headers={hdrs.CACHE_CONTROL: "public, max-age=300"})
+    return web.json_response(keys, headers={CACHE_CONTROL: "public, max-age=300"})
 
 
 async def issue_session(request: web.Request) -> web.Response:
@@ -93,7 +88,7 @@ async def issue_session(request: web.Request) -> web.Response:
         if customer_id is not None and customer_id != caller:
             raise NotFound("body customer_id is not the caller's")
         customer_id = caller
-        await gateway.connected.ownership.require_owner(invoice_id, caller)
+        await gateway.ownership.require_owner(invoice_id, caller)
     else:
         raise AuthFailure("unknown_api_key")
     key = TokenKey(customer_id, invoice_id)
@@ -139,43 +134,10 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
         if request.body_exists
         else None
     )
-    tokens = gateway.connected.tokens
-
-    lookup = tokens.cached(session.key) or await tokens.wait_for_mint(session.key)
-    exchange.token_outcome = lookup.outcome
-    upstream = await _send(gateway, request, exchange, url, body, lookup.token.value)
-    if upstream.status == 401:
-        upstream.release()
-        lookup = await tokens.replace_rejected(session.key, lookup.token)
-        upstream = await _send(gateway, request, exchange, url, body, lookup.token.value)
-        result = "failed" if upstream.status == 401 else "recovered"
-        gateway.metrics.upstream_unauthorized.labels(result=result).inc()
-        log.info("upstream_unauthorized_" + result, customer_id=session.key.customer_id)
-        if upstream.status == 401:
-            upstream.release()
-            raise BadGateway("upstream refused a freshly minted token")
+    upstream = await gateway.forwarder.forward(request, exchange, session.key, url, body)
     try:
         if 300 <= upstream.status < 400:
             raise BadGateway(f"upstream redirected ({upstream.status})")
         return await relay_response(request, upstream, exchange.request_id, gateway.cors)
     finally:
         upstream.release()
-
-
-async def _send(
-    gateway: Gateway,
-    request: web.Request,
-    exchange: Exchange,
-    url: URL,
-    body: bytes | None,
-    bearer: str,
-) -> UpstreamResponse:
-    headers = upstream_request_headers(
-        request.headers, bearer=bearer, request_id=exchange.request_id
-    )
-    with UpstreamCall(gateway.metrics, "proxy") as record:
-        response = await gateway.connected.transport.send(request.method, url, headers, body)
-        record.status = str(response.status)
-    exchange.upstream_status = response.status
-    exchange.upstream_ms = record.elapsed * 1000  # rounded when logged
-    return response

@@ -31,9 +31,9 @@ from broker.errors import (
     UnsupportedMediaType,
 )
 from broker.gateway import Gateway
-from broker.observability.exchange import REQUEST_ID_HEADER, UNMATCHED
+from broker.observability.exchange import UNMATCHED
 from broker.observability.logs import request_id_var
-from broker.proxy.cors import finish_headers
+from broker.proxy.finishing import finish_headers
 from broker.web.front_door import new_request_id, shaped_error
 from broker.web.keys import exchange_key, gateway_key
 
@@ -92,8 +92,7 @@ class _GatewayServer(web.Server):
         request_id = new_request_id() if exchange is None else exchange.request_id
         request_id_var.set(request_id)
         response = shaped_error(error)
-        response.headers[REQUEST_ID_HEADER] = request_id
-        finish_headers(request, response.headers, None)  # no CORS: the Origin is unread
+        finish_headers(request, response.headers, request_id, None)  # the Origin is unread
         response.force_close()
         if exchange is None and self.gateway is not None:  # else the front door counted it
             self.gateway.metrics.request_done(UNMATCHED, "OTHER", error.status, 0.0)

@@ -1,0 +1,71 @@
+"""One proxied call upstream on a caller's behalf: the checkout JWT looked up (minted
+once when needed), the call sent, and an upstream 401 recovered from once."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from yarl import URL
+
+from broker.credentials import TokenKey
+from broker.errors import BadGateway
+from broker.observability.exchange import Exchange
+from broker.observability.logs import get_logger
+from broker.observability.metrics import Metrics
+from broker.proxy.relay import upstream_request_headers
+from broker.tokens.checkout import CheckoutTokens
+from broker.upstream.calls import UpstreamCall
+from broker.upstream.transport import UpstreamResponse, UpstreamTransport
+
+log = get_logger("broker.proxy.forwarder")
+
+
+class Forwarder:
+    """Owns the policy between a verified session and the upstream's answer: which
+    token goes out, and what a 401 means (one fresh token, one retry; a second 401 is
+    the upstream refusing a token it just minted: 502)."""
+
+    def __init__(
+        self, tokens: CheckoutTokens, transport: UpstreamTransport, metrics: Metrics
+    ) -> None:
+        self._tokens = tokens
+        self._transport = transport
+        self._metrics = metrics
+
+    async def forward(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        key: TokenKey,
+        url: URL,
+        body: bytes | None,
+    ) -> UpstreamResponse:
+        """The upstream's answer (the caller releases it), with *key*'s checkout JWT."""
+        tokens = self._tokens
+        lookup = tokens.cached(key) or await tokens.wait_for_mint(key)
+        exchange.token_outcome = lookup.outcome
+        upstream = await self._send(request, exchange, url, body, lookup.token.value)
+        if upstream.status != 401:
+            return upstream
+        upstream.release()
+        lookup = await tokens.replace_rejected(key, lookup.token)
+        upstream = await self._send(request, exchange, url, body, lookup.token.value)
+        result = "failed" if upstream.status == 401 else "recovered"
+        self._metrics.upstream_unauthorized.labels(result=result).inc()
+        log.info("upstream_unauthorized_" + result, customer_id=key.customer_id)
+        if upstream.status == 401:
+            upstream.release()
+            raise BadGateway("upstream refused a freshly minted token")
+        return upstream
+
+    async def _send(
+        self, request: web.Request, exchange: Exchange, url: URL, body: bytes | None, bearer: str
+    ) -> UpstreamResponse:
+        headers = upstream_request_headers(
+            request.headers, bearer=bearer, request_id=exchange.request_id
+        )
+        with UpstreamCall(self._metrics, "proxy") as record:
+            response = await self._transport.send(request.method, url, headers, body)
+            record.status = str(response.status)
+        exchange.upstream_status = response.status
+        exchange.upstream_ms = record.elapsed * 1000  # rounded when logged
+        return response
