@@ -35,8 +35,8 @@ _SAFE_NAMES = frozenset({"token_outcome", "token_fp", "tokens_evicted"})
 
 # The id of the request being handled, added to every line logged while handling it.
 # Set once per request by the front door; aiohttp runs each request in a task of its
-# own, so the value is that request's. One ContextVar.set costs a sixth of structlog's
-# bind_contextvars, and its merge_contextvars copied the whole context on every line.
+# own, so the value is that request's. A ContextVar of our own, not structlog's
+# bind_contextvars/merge_contextvars, which copy the whole context on every line.
 request_id_var: ContextVar[str | None] = ContextVar("broker_request_id", default=None)
 
 

@@ -16,7 +16,7 @@ from broker.upstream.transport import UpstreamProtocolError, UpstreamUnreachable
 
 # The SDK retries a 503 four times at once; a short Retry-After spaces those out.
 UNAVAILABLE_RETRY_AFTER = 1.0
-_perf_counter: Final = time.perf_counter  # a C static in compiled code, per call
+_perf_counter: Final = time.perf_counter
 
 
 def open_session(settings: UpstreamSettings) -> aiohttp.ClientSession:

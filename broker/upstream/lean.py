@@ -201,8 +201,8 @@ class LeanTransport:
                 parts += (name, ": ", value, "\r\n")
                 values.append(value)
         # CR, LF or NUL would end the field early: request smuggling. One scan per character
-        # over every value (a tab cannot hide or fake one); a memchr each, where a regex
-        # character class stepped through the ~1 KB of values at ~2 ns a byte.
+        # over every value (a tab cannot hide or fake one): `in` is a memchr, far quicker
+        # than a regex stepping through the values byte by byte.
         joined = "\t".join(values)
         if "\r" in joined or "\n" in joined or "\x00" in joined:
             raise ValueError("header value with unsafe characters")

@@ -49,7 +49,6 @@ _SANE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _UNTHROTTLED_ROUTES: Final = frozenset(
     {"/healthz", "/readyz", "/metrics", "/v1/checkout-auth/init", "/checkout-auth/init"}
 )
-# Final (here and above): compiled code reads these from C statics, not module attributes.
 _ORIGIN_LOGGED: Final = 200  # characters of a refused Origin worth a log line
 _perf_counter: Final = time.perf_counter
 _KNOWN_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
