@@ -136,6 +136,11 @@ class SessionAuthority:
         return {"keys": keys}
 
     def _verify_signature(self, token: str, digest: bytes) -> Session:
+        if not canonical_compact_jws(token):
+            # One session, one spelling: the digest of the exact string names its cache
+            # entry and its rate-limit bucket, so a re-spelt token (padding, other
+            # trailing bits) must not pass as another session.
+            raise AuthFailure("malformed")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -161,6 +166,27 @@ class SessionAuthority:
         except jwt.InvalidTokenError:
             raise AuthFailure("invalid") from None
         return _session_from_claims(claims, digest)
+
+
+def canonical_compact_jws(token: str) -> bool:
+    """Whether *token* is three base64url segments, unpadded, each exactly as its bytes
+    encode (base64 decoders ignore stray trailing bits: "AB" and "AC" decode alike)."""
+    segments = token.split(".")
+    if len(segments) != 3 or not token.isascii():
+        return False
+    for segment in segments:
+        if not segment or segment.strip(_BASE64URL):
+            return False
+        try:
+            decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        except ValueError:
+            return False
+        if base64.urlsafe_b64encode(decoded).rstrip(b"=").decode() != segment:
+            return False
+    return True
+
+
+_BASE64URL: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 def _session_from_claims(claims: dict[str, object], digest: bytes) -> Session:

@@ -35,6 +35,9 @@ def bearer_token(request: web.Request) -> str:
     if len(values) > 1:
         raise BadRequest("Duplicate Authorization header.")
     value = values[0]
+    if not value.isascii():
+        # aiohttp hands undecodable bytes over as surrogates: no credential has them.
+        raise AuthFailure("malformed")
     if value.startswith(_BEARER_PREFIX):  # the SDK's exact form: one slice, no parse
         credential = value[len(_BEARER_PREFIX) :]
         # str.strip() returns the string itself when there is nothing to strip.
@@ -100,14 +103,29 @@ async def issue_session(request: web.Request) -> web.Response:
     return web.json_response(body, headers=NO_STORE)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object, refused when a key repeats: two customer_ids, one read by us and
+    another by whatever reads the body next, are how request smuggling starts."""
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        raise _DuplicateKey
+    return body
+
+
 async def _read_ids(request: web.Request) -> tuple[str | None, str]:
     """(customer_id or None when absent, invoice_id) from the JSON body, validated."""
     limits = request.app[gateway_key].settings.limits
     limit = min(limits.max_body_bytes, MAX_INIT_BODY)
     raw = await read_body(request, limit, limits.body_timeout) or b""
     try:
-        body = json.loads(raw)
-    except ValueError:
+        body = json.loads(raw, object_pairs_hook=_unique_keys)
+    except _DuplicateKey:
+        raise BadRequest("The request body repeats a key.") from None
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         raise BadRequest("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
