@@ -19,12 +19,10 @@ from broker.headers import (
     VARY,
 )
 
-# The SDK sends Authorization and Content-Type on every call (so every call is
-# preflighted) and Idempotency-Key on payments (upstream-api.md §3, §8).
+# Exactly what the SDK sends: Authorization, Content-Type and Accept on every call (so
+# every call is preflighted) and Idempotency-Key on payments.
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE"
-ALLOWED_HEADERS = (
-    "Authorization, Content-Type, Accept, Accept-Language, Idempotency-Key, X-Request-Id"
-)
+ALLOWED_HEADERS = "Authorization, Content-Type, Accept, Idempotency-Key"
 # The SDK reads Retry-After on a 429; X-Request-Id lets support trace a browser's call.
 EXPOSED_HEADERS = "Retry-After, X-Request-Id, WWW-Authenticate"
 

@@ -25,6 +25,7 @@ from broker.headers import (
     CONNECTION,
     CONTENT_ENCODING,
     REQUEST_ID,
+    RETRY_AFTER,
     USER_AGENT,
 )
 from broker.proxy.cors import CorsPolicy
@@ -50,20 +51,22 @@ HOP_BY_HOP: Final = frozenset(
 FORWARDED_REQUEST_HEADERS = ("Accept", "Accept-Language", "Content-Type", "Idempotency-Key")
 _FORWARDED: Final = tuple((istr(name), name.lower()) for name in FORWARDED_REQUEST_HEADERS)
 _SINGLE_VALUED: Final = frozenset({"content-type", "idempotency-key"})
-# Never relayed to the browser: cookies, and fields the broker itself owns (it frames
-# the body it sends: Content-Length comes from the body, or the upstream's framing).
-_DROPPED_RESPONSE_HEADERS: Final = HOP_BY_HOP | {
-    "content-length",
-    "set-cookie",
-    "set-cookie2",
-    "date",
-    "server",
-    "cache-control",
-    "www-authenticate",
-    REQUEST_ID.lower(),
-}
-# CORS is the broker's to answer: every upstream Access-Control-* field is dropped.
-_DROPPED_RESPONSE_PREFIX: Final = "access-control-"
+# What of the upstream's answer reaches the browser: what describes the body, and what
+# the SDK reads (Retry-After). The broker chooses; it does not relay. Everything else
+# stays here: cookies, Location, Alt-Svc, Strict-Transport-Security, CORS (the broker's
+# to answer), the upstream's Server, Date, Cache-Control, request id and framing (the
+# broker frames what it sends).
+_RELAYED_RESPONSE_HEADERS: Final = frozenset(
+    {
+        "content-type",
+        "content-disposition",
+        "content-encoding",
+        "content-language",
+        "etag",
+        "last-modified",
+        "retry-after",
+    }
+)
 SMALL_BODY: Final = 64 * 1024
 _NO_NAMES: Final[frozenset[str]] = frozenset()
 
@@ -85,9 +88,7 @@ def _names_in(value: str) -> frozenset[str]:
 def _relayed_as(name: str) -> str:
     """*name* lowercased, or "" when the broker never relays that field."""
     lowered = name.lower()
-    if lowered in _DROPPED_RESPONSE_HEADERS or lowered.startswith(_DROPPED_RESPONSE_PREFIX):
-        return ""
-    return lowered
+    return lowered if lowered in _RELAYED_RESPONSE_HEADERS else ""
 
 
 def _short(text: str) -> bool:
@@ -164,6 +165,9 @@ async def relay_response(
     small one leaves the request id and CORS to the front door, as every answer does;
     a stream's headers are sent here, before the front door sees the response.)"""
     headers = downstream_response_headers(upstream.headers)
+    if upstream.status == 429 and RETRY_AFTER not in upstream.headers:
+        # The SDK waits Retry-After seconds before it retries; without one it retries at once.
+        headers.append((RETRY_AFTER, "1"))
     length = upstream.content_length
     if length is None or length > SMALL_BODY:
         return await stream_back(request, upstream, headers, request_id, cors)

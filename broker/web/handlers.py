@@ -11,7 +11,7 @@ from broker.auth.sessions import AuthFailure
 from broker.credentials import TokenKey, valid_id
 from broker.errors import BadGateway, BadRequest, NotFound
 from broker.gateway import Gateway
-from broker.headers import AUTHORIZATION, CACHE_CONTROL
+from broker.headers import AUTHORIZATION, CACHE_CONTROL, PRAGMA
 from broker.observability.logs import get_logger
 from broker.proxy.relay import (
     read_body,
@@ -23,6 +23,8 @@ from broker.web.keys import exchange_key, gateway_key
 log = get_logger("broker.web.handlers")
 
 NO_STORE = {CACHE_CONTROL: "no-store"}
+# A session token: no cache may keep it, HTTP/1.0 ones included.
+TOKEN_ANSWER = {CACHE_CONTROL: "no-store", PRAGMA: "no-cache"}
 MAX_INIT_BODY = 4096
 _BEARER_PREFIX: Final = "Bearer "
 
@@ -100,7 +102,7 @@ async def issue_session(request: web.Request) -> web.Response:
     issued = gateway.sessions.issue(key, client_id=gateway.settings.upstream.client_id)
     gateway.metrics.sessions_issued.labels(auth=auth).inc()
     body = {"token": issued.token, "expires_at": issued.expires_at}
-    return web.json_response(body, headers=NO_STORE)
+    return web.json_response(body, headers=TOKEN_ANSWER)
 
 
 class _DuplicateKey(Exception):
