@@ -156,6 +156,7 @@ class SessionSettings:
     verify_keys: tuple[ec.EllipticCurvePublicKey, ...] = setting(
         (),
         name="verify_key_files",
+        paths=True,
         parse=Checker.verify_keys,
         doc="older keys that still verify (rotation)",
     )
@@ -362,13 +363,18 @@ SCHEMA: tuple[Key, ...] = schema(Settings)
 
 
 def load_settings(path: Path | None, environ: Mapping[str, str]) -> Settings:
-    """Read *path* (TOML), let ``BROKER_*`` variables override it, validate it all."""
+    """Read *path* (TOML), let ``BROKER_*`` variables override it, validate it all.
+
+    Relative paths in the file (``<key>_file``, ``verify_key_files``) are read from the
+    file's directory; relative paths in the environment (``BROKER_..._FILE``), from the
+    working directory, as every other program reads a path it is given.
+    """
     document: dict[str, Any] = {}
     problems: list[str] = []
     if path is not None:
         document, problems = read_document(path)
     raw = RawConfig(SCHEMA)
-    raw.load(document, environ)
+    raw.load(document, environ, _directory(path))
     problems.extend(raw.problems)
     if problems:  # wrong types make the semantic checks below meaningless
         raise ConfigError(problems)
@@ -379,7 +385,7 @@ def redacted_values(path: Path | None, environ: Mapping[str, str]) -> dict[str, 
     """The effective configuration as nested dicts, with every secret redacted."""
     document = read_document(path)[0] if path is not None else {}
     raw = RawConfig(SCHEMA)
-    raw.load(document, environ)
+    raw.load(document, environ, _directory(path))
     effective: dict[str, Any] = {}
     for declared in SCHEMA:
         value: object = raw.get(declared.dotted)
@@ -390,6 +396,18 @@ def redacted_values(path: Path | None, environ: Mapping[str, str]) -> dict[str, 
             section = section.setdefault(part, {})
         section[declared.name] = value
     return effective
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """(name, the closest setting's variable or None) for each ``BROKER_*`` variable in
+    *environ* that no key reads: a typo there would otherwise be ignored silently."""
+    return RawConfig(SCHEMA).unknown_environment(environ)
+
+
+def _directory(path: Path | None) -> Path | None:
+    # Not resolved: a config file reached through a symlink (a Kubernetes ConfigMap)
+    # names paths beside the link, not beside its target.
+    return None if path is None else path.absolute().parent
 
 
 def _redact(value: object) -> object:

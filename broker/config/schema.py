@@ -70,13 +70,15 @@ def key(
     maximum: float | None = None,
     choices: tuple[str, ...] = (),
     lower: bool = False,
+    paths: bool = False,
 ) -> Key:
     """One key, for ``built`` (``setting`` declares its own). *name*: the field's name by
     default; "section.name" for a key outside the class's section. *required*: True
     checks that the value is not empty (``<key>: required``; a parse checks that itself),
     a condition such as "when enabled" only documents what a cross-field check enforces.
     *minimum*/*maximum* bound a number, *choices* a str (*lower*: compared in lower case,
-    and kept so). A default that breaks its own rules is refused here.
+    and kept so). *paths*: a list of file paths, read beside the TOML file that names
+    them. A default that breaks its own rules is refused here.
     """
     kind = _kind(default)
     where = name or repr(default)
@@ -91,6 +93,8 @@ def key(
         raise TypeError(f"{where}: the default is not one of its choices")
     if required is True and kind not in {"str", "list"}:
         raise TypeError(f"{where}: only a str or list key can be required")
+    if paths and kind != "list":
+        raise TypeError(f"{where}: paths are for list keys")
     return Key(
         section="",
         name=name,
@@ -103,6 +107,7 @@ def key(
         maximum=maximum,
         choices=choices,
         lower=lower,
+        paths=paths,
     )
 
 
@@ -118,6 +123,7 @@ def setting(
     maximum: float | None = None,
     choices: tuple[str, ...] = (),
     lower: bool = False,
+    paths: bool = False,
     attribute_default: _T | _Marker = ...,
 ) -> _T: ...
 
@@ -130,6 +136,7 @@ def setting(
     name: str = "",
     secret: bool = False,
     required: bool | str = False,
+    paths: bool = False,
     parse: Callable[[Checker, Any], _V],
     attribute_default: _V | _Marker = ...,
 ) -> _V: ...
@@ -146,6 +153,7 @@ def setting(
     maximum: float | None = None,
     choices: tuple[str, ...] = (),
     lower: bool = False,
+    paths: bool = False,
     parse: Parse | None = None,
     attribute_default: Any = _Marker.SAME,
 ) -> Any:
@@ -163,6 +171,7 @@ def setting(
         maximum=maximum,
         choices=choices,
         lower=lower,
+        paths=paths,
     )
     if attribute_default is _Marker.SAME:
         attribute_default = default

@@ -7,8 +7,9 @@ at a time, so that a broken config is reported in a single message.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +20,12 @@ RawValue = str | int | float | bool | list[str]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+# BROKER_* variables of this project that are not settings: examples/partner_backend.py
+# reads the first two, the test suite the others. Never warned about.
+NOT_SETTINGS = frozenset(
+    {"BROKER_API_KEY", "BROKER_URL", "BROKER_TEST_COMPILED", "BROKER_TEST_IMAGE",
+     "BROKER_TEST_REDIS_IMAGE"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,9 @@ class Key:
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     lower: bool = False  # compared with the choices in lower case
+    # A list of file paths (verify_key_files): relative ones in the TOML file are read
+    # from the file's directory, like every ``<key>_file``.
+    paths: bool = False
 
     @property
     def dotted(self) -> str:
@@ -83,29 +93,85 @@ class RawConfig:
             raise TypeError(f"{dotted} is not a list key")
         return value
 
-    def load(self, document: Mapping[str, Any], environ: Mapping[str, str]) -> None:
-        self._load_document(document)
+    def load(
+        self, document: Mapping[str, Any], environ: Mapping[str, str], base: Path | None = None
+    ) -> None:
+        """Values from *document* (the TOML file), then from *environ*. *base* is the
+        file's directory: relative paths the file names (``<key>_file``, a key of paths)
+        are read from there; those the environment names, from the working directory."""
+        self._load_document(document, base or Path())
         self._load_environ(environ)
 
-    def _load_document(self, document: Mapping[str, Any]) -> None:
-        for dotted, value in _flatten(document):
+    def _load_document(self, document: Mapping[str, Any], base: Path) -> None:
+        unknown_sections: set[str] = set()
+        for dotted, given in _flatten(document):
             key = self._schema.get(dotted)
+            stem = dotted.removesuffix("_file")
             if key is not None:
+                value = given
+                if key.paths and isinstance(given, list):
+                    value = [_beside(base, v) if isinstance(v, str) else v for v in given]
                 self._set(key, value, origin=dotted)
-            elif dotted.endswith("_file") and dotted[: -len("_file")] in self._schema:
-                self._read_secret_file(self._schema[dotted[: -len("_file")]], value)
+            elif stem != dotted and stem in self._schema:
+                path = _beside(base, given) if isinstance(given, str) and given else given
+                self._read_secret_file(self._schema[stem], path, origin=dotted)
             else:
-                self.problems.append(f"{dotted}: unknown key")
+                section = dotted.rpartition(".")[0]
+                if section and section not in self._sections():
+                    if section not in unknown_sections:
+                        unknown_sections.add(section)
+                        self.problems.append(self._unknown_section(section))
+                else:
+                    self.problems.append(f"{dotted}: unknown key{self._suggest_key(dotted)}")
+
+    def _sections(self) -> set[str]:
+        """Every section a key lives in, and their parents ("auth" of "auth.jwt")."""
+        sections: set[str] = set()
+        for key in self._schema.values():
+            parts = key.section.split(".")
+            sections.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+        return sections
+
+    def _unknown_section(self, section: str) -> str:
+        close = difflib.get_close_matches(section, sorted(self._sections()), n=1, cutoff=0.6)
+        hint = f" (did you mean [{close[0]}]?)" if close else ""
+        return f"[{section}]: unknown section{hint}"
+
+    def _suggest_key(self, dotted: str) -> str:
+        """ " (did you mean ...?)" for a key no section declares, or ""."""
+        section, _, name = dotted.rpartition(".")
+        if not section:  # a key above every section: the sections that have one so named
+            homes = [k.dotted for k in self._schema.values() if k.name == name]
+            return f" (keys live in sections: did you mean {_either(homes)}?)" if homes else ""
+        names = [k.name for k in self._schema.values() if k.section == section]
+        names += [f"{n}_file" for n in names if self._schema[f"{section}.{n}"].kind != "bool"]
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean {section}.{close[0]}?)"
+        elsewhere = [k.dotted for k in self._schema.values() if k.name == name]
+        return f" (did you mean {_either(elsewhere)}?)" if elsewhere else ""
 
     def _load_environ(self, environ: Mapping[str, str]) -> None:
         for key in self._schema.values():
             if (raw := environ.get(key.env_name)) is not None:
                 self._set(key, _from_env(key, raw), origin=key.env_name)
             if (path := environ.get(key.env_name + "_FILE")) is not None:
-                self._read_secret_file(key, path)
+                self._read_secret_file(key, path, origin=key.env_name + "_FILE")
 
-    def _read_secret_file(self, key: Key, path: object) -> None:
-        origin = f"{key.dotted}_file"
+    def unknown_environment(self, environ: Iterable[str]) -> list[tuple[str, str | None]]:
+        """(name, closest setting's variable or None) for each ``BROKER_*`` variable in
+        *environ* that no key reads: a typo there would otherwise be ignored silently."""
+        known: set[str] = set()
+        for key in self._schema.values():
+            known.update((key.env_name, key.env_name + "_FILE"))
+        unknown = []
+        for name in sorted(environ):
+            if name.startswith("BROKER_") and name not in known and name not in NOT_SETTINGS:
+                close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+                unknown.append((name, close[0] if close else None))
+        return unknown
+
+    def _read_secret_file(self, key: Key, path: object, *, origin: str) -> None:
         if not isinstance(path, str):
             self.problems.append(f"{origin}: expected a file path")
             return
@@ -116,11 +182,17 @@ class RawConfig:
         except OSError as exc:
             self.problems.append(f"{origin}: cannot read {path!r} ({exc.strerror})")
             return
+        value: RawValue
         if key.kind == "list":
             lines = (line.strip() for line in text.splitlines())
-            self.values[key.dotted] = [ln for ln in lines if ln and not ln.startswith("#")]
+            value = [ln for ln in lines if ln and not ln.startswith("#")]
         else:
-            self.values[key.dotted] = text if "BEGIN" in text else text.strip()
+            value = text if "BEGIN" in text else text.strip()
+        if not value or (isinstance(value, str) and not value.strip()):
+            # Named, but holds nothing: say which file, not that the key is "required".
+            self.problems.append(f"{origin}: {path!r} is empty")
+            return
+        self.values[key.dotted] = value
 
     def _set(self, key: Key, value: object, *, origin: str) -> None:
         coerced = _coerce(key, value)
@@ -140,6 +212,15 @@ def read_document(path: Path) -> tuple[dict[str, Any], list[str]]:
         return {}, [f"{path}: cannot read ({exc.strerror})"]
     except tomllib.TOMLDecodeError as exc:
         return {}, [f"{path}: invalid TOML ({exc})"]
+
+
+def _beside(base: Path, path: str) -> str:
+    """*path* as the TOML file means it: relative to the file's directory."""
+    return str(base / path) if not Path(path).is_absolute() else path
+
+
+def _either(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def _flatten(document: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
