@@ -1,16 +1,21 @@
 """The ``token-broker`` command: serve, sandbox, check-config, keygen, healthcheck.
 
-Exit codes: 0 ok, 1 bad configuration, 2 usage.
+Exit codes: 0 ok, 1 bad configuration (or a file that cannot be written), 2 usage,
+3 an address that cannot be listened on.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
+import io
 import json
 import os
+import stat
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,16 +25,29 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker import __version__
 from broker.config.checks import Checker
-from broker.config.model import ConfigError, Settings, load_settings, redacted_values
-from broker.observability.logs import configure_logging
+from broker.config.listen import CannotListen
+from broker.config.model import (
+    ConfigError,
+    Settings,
+    load_settings,
+    redacted_values,
+    unknown_environment,
+)
+from broker.observability.logs import configure_logging, get_logger
 from broker.web import listen_file
 
 if TYPE_CHECKING:
     from broker.demo.sdk import SdkSource
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE = 0, 1, 2
+EXIT_CANNOT_LISTEN = CannotListen.exit_code  # 3
 # healthcheck: the server does not answer (what Docker's HEALTHCHECK expects of a failure).
 EXIT_UNHEALTHY = 1
+# The flags of `serve` that override a configuration key: named when that key's
+# address cannot be listened on.
+SERVE_FLAGS = {"server.port": "--port", "server.host": "--host"}
+
+log = get_logger("broker.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -110,6 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(command=_check_config)
 
     keygen = commands.add_parser("keygen", help="print a new ES256 private key (PEM)")
+    keygen.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="write the key to FILE (mode 0600, atomically) instead of standard output",
+    )
+    keygen.add_argument("--force", action="store_true", help="with --out: replace FILE")
     keygen.set_defaults(command=_keygen)
 
     health = commands.add_parser(
@@ -167,6 +192,14 @@ def load_for_serve(
 
 
 def _serve(args: argparse.Namespace) -> int:
+    try:
+        return _serve_until_stopped(args)
+    except CannotListen as exc:  # before anything started: one sentence, no traceback
+        sys.stderr.write(exc.sentence(SERVE_FLAGS) + "\n")
+        return EXIT_CANNOT_LISTEN
+
+
+def _serve_until_stopped(args: argparse.Namespace) -> int:
     from broker.web.server import run  # noqa: PLC0415 - keeps check-config/keygen light
 
     if args.sandbox:
@@ -189,7 +222,9 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     load = functools.partial(
         load_for_serve,
-        args.config.resolve(),
+        # Not resolved: relative paths in the file are read beside it as named, also
+        # when it is a symlink (a Kubernetes ConfigMap's).
+        args.config.absolute(),
         dict(os.environ),
         args.host,
         args.port,
@@ -201,15 +236,30 @@ def _serve(args: argparse.Namespace) -> int:
         _print_problems(exc)
         return EXIT_CONFIG
     configure_logging(fmt=settings.log_format, level=settings.log_level)
+    log_unknown_environment(os.environ)
     workers = settings.server.workers if args.workers is None else args.workers
     run(load, workers or os.cpu_count() or 1)
     return EXIT_OK
 
 
-def _sandbox(args: argparse.Namespace) -> int:
-    from aiohttp import web  # noqa: PLC0415
+def unknown_environment_warnings(environ: Mapping[str, str]) -> list[str]:
+    return [
+        f"{name} is not a setting, so it is ignored"
+        + (f"; did you mean {closest}?" if closest else "")
+        for name, closest in unknown_environment(environ)
+    ]
 
-    from broker.sandbox import SandboxSettings, create_sandbox_app  # noqa: PLC0415
+
+def log_unknown_environment(environ: Mapping[str, str]) -> None:
+    """One warning per ``BROKER_*`` variable no setting reads (logged at start)."""
+    for name, closest in unknown_environment(environ):
+        log.warning("environment_variable_ignored", variable=name, did_you_mean=closest,
+                    reason="not a setting")  # fmt: skip
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from broker.cli.sandbox_mode import run_sandbox  # noqa: PLC0415
+    from broker.sandbox import SandboxSettings  # noqa: PLC0415
 
     configure_logging(fmt="auto", level="info")
     try:
@@ -221,12 +271,17 @@ def _sandbox(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"token-broker sandbox: {exc}\n")
         return EXIT_USAGE
-    app = create_sandbox_app(sandbox_settings)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    try:
+        run_sandbox(sandbox_settings, args.host, args.port)
+    except CannotListen as exc:
+        sys.stderr.write(exc.sentence() + "\n")
+        return EXIT_CANNOT_LISTEN
     return EXIT_OK
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    for warning in unknown_environment_warnings(os.environ):
+        sys.stderr.write(f"token-broker: warning: {warning}\n")
     try:
         load_settings(args.file, os.environ)
     except ConfigError as exc:
@@ -237,14 +292,74 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _keygen(_args: argparse.Namespace) -> int:
+def _keygen(args: argparse.Namespace) -> int:
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+    if args.out is not None:
+        return _write_private(args.out, pem, force=args.force)
+    if args.force:
+        sys.stderr.write("token-broker keygen: --force needs --out\n")
+        return EXIT_USAGE
+    readable = _others_may_read_stdout()
+    if readable is not None:
+        sys.stderr.write(
+            f"token-broker keygen: warning: standard output is a file other users may read"
+            f" (mode {readable:04o}), and this is a private key; write it with"
+            " `token-broker keygen --out FILE` (mode 0600), or `chmod 600` that file\n"
+        )
     sys.stdout.write(pem.decode())
+    return EXIT_OK
+
+
+def _others_may_read_stdout() -> int | None:
+    """The mode of standard output when it is a regular file that its group or others
+    may read (a shell's ``> file`` under the usual umask), else None. Such a file is
+    not ours to chmod: we did not create it, and it may hold more than the key."""
+    try:
+        mode = os.fstat(sys.stdout.fileno()).st_mode
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return stat.S_IMODE(mode)
+    return None
+
+
+def _write_private(path: Path, data: bytes, *, force: bool) -> int:
+    """*data* in *path*, mode 0600 from its first byte, all or nothing: written to a
+    scratch file beside it, then linked into place (which refuses an existing *path*)
+    or, with *force*, renamed over it."""
+    directory = path.absolute().parent
+    try:
+        descriptor, scratch = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
+    except OSError as exc:
+        sys.stderr.write(f"token-broker keygen: cannot write in {directory} ({exc.strerror})\n")
+        return EXIT_CONFIG
+    try:
+        with os.fdopen(descriptor, "wb") as handle:  # mkstemp made it 0600
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if force:
+            Path(scratch).replace(path)
+        else:
+            os.link(scratch, path)
+    except FileExistsError:
+        sys.stderr.write(
+            f"token-broker keygen: {path} exists; pass --force to replace it"
+            " (a signing key still in use must stay in sessions.verify_key_files)\n"
+        )
+        return EXIT_USAGE
+    except OSError as exc:
+        sys.stderr.write(f"token-broker keygen: cannot write {path} ({exc.strerror})\n")
+        return EXIT_CONFIG
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            Path(scratch).unlink()
+    sys.stderr.write(f"token-broker keygen: wrote a new ES256 private key to {path} (mode 0600)\n")
     return EXIT_OK
 
 

@@ -2,16 +2,20 @@
 
 This is the embedded default a new user starts with: demo credentials from
 ``config/sandbox.toml``, a signing key generated for this run, and a printed quick
-start that works by copy and paste.
+start that works by copy and paste. ``run_sandbox`` is ``token-broker sandbox``: the
+sandbox upstream alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib.resources
 import os
+import signal
 from collections.abc import Sequence
 from pathlib import Path
+from socket import socket
 from typing import Protocol
 
 from aiohttp import web
@@ -19,10 +23,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.cli.text import quick_start
-from broker.config.model import ConfigError, Settings, load_settings
+from broker.config import listen
+from broker.config.model import ConfigError, Settings, load_settings, unknown_environment
 from broker.observability.logs import configure_logging, get_logger
 from broker.sandbox import SandboxSettings, create_sandbox_app
-from broker.web.server import run_loop, serve
+from broker.web.server import bind_listeners, run_loop, serve
 
 log = get_logger("broker.cli.sandbox_mode")
 
@@ -92,6 +97,9 @@ def serve_with_sandbox(
             print(f"token-broker: {problem}")
         return EXIT_CONFIG
     configure_logging(fmt=settings.log_format, level=settings.log_level)
+    for name, closest in unknown_environment(os.environ):
+        log.warning("environment_variable_ignored", variable=name, did_you_mean=closest,
+                    reason="not a setting")  # fmt: skip
     run_loop(_run(settings, sandbox_port, cors_origins, companion))
     return EXIT_OK
 
@@ -105,17 +113,26 @@ async def _run(
     sandbox = SandboxSettings(
         client_id=settings.upstream.client_id, client_secret=settings.upstream.client_secret
     )
+    # Every address first, so that one in use stops the command before anything runs.
+    listeners = bind_listeners(settings, reuse_port=False)
+    try:
+        sockets = listen.bind(listen.Address("127.0.0.1", sandbox_port, ("--sandbox-port",)))
+    except listen.CannotListen:
+        for bound in listeners.values():
+            listen.close(bound)
+        raise
     runner = web.AppRunner(create_sandbox_app(sandbox), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", sandbox_port).start()
-    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
-    log.info("sandbox_started", url=sandbox_url)
     demo_url = None
     try:
+        sandbox_url = listen.url("127.0.0.1", sockets)
         if companion is not None:
             # Its origin is allowed before the broker starts: a page opened as soon as
             # the banner shows must not meet a refused preflight.
             demo_url = await companion.start(settings, sandbox_url=sandbox_url)
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+        log.info("sandbox_started", url=sandbox_url)
         settings = with_cors_origins(settings, [*([demo_url] if demo_url else []), *cors_origins])
 
         async def announce(urls: list[str]) -> None:
@@ -126,8 +143,39 @@ async def _run(
             )
             print(banner, flush=True)
 
-        await serve(settings, on_started=announce)
+        await serve(settings, on_started=announce, listeners=listeners)
     finally:
         if companion is not None:
             await companion.stop()
+        await runner.cleanup()
+        for bound in [*listeners.values(), sockets]:
+            listen.close(bound)  # those serve() took are closed already
+
+
+def run_sandbox(settings: SandboxSettings, host: str, port: int) -> None:
+    """``token-broker sandbox``: the sandbox upstream alone, until SIGINT or SIGTERM;
+    CannotListen before anything starts when its address is taken."""
+    sockets = listen.bind(listen.Address(host, port, ("--port",), ("--host",)))
+    run_loop(_sandbox_only(settings, host, sockets))
+
+
+async def _sandbox_only(settings: SandboxSettings, host: str, sockets: list[socket]) -> None:
+    runner = web.AppRunner(create_sandbox_app(settings), access_log=None)
+    await runner.setup()
+    try:
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+        url = listen.url(host, sockets)
+        log.info("sandbox_started", url=url)
+        print(
+            f"token-broker sandbox: the simulated upstream listens on {url} (demo client id"
+            f" {settings.client_id!r}; what it saw at {url}/_sandbox/stats). Stop with Ctrl-C.",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
         await runner.cleanup()

@@ -20,6 +20,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from yarl import URL
 
+from broker.config.listen import Address, CannotListen
 from broker.config.model import Settings
 from broker.demo.backend import (
     MAX_BODY_BYTES,
@@ -175,10 +176,7 @@ class DemoSite:
             await site.start()
         except OSError as exc:  # a port in use deserves a sentence, not a traceback
             await self._runner.cleanup()
-            raise SystemExit(
-                f"token-broker: the demo site cannot listen on 127.0.0.1:{self._port}"
-                f" ({exc.strerror}); choose another port with --demo-port"
-            ) from exc
+            raise CannotListen(Address("127.0.0.1", self._port, ("--demo-port",)), exc) from None
         # The bound port (``--demo-port 0`` asks the system for a free one).
         url = self._state.site_url = browser_url(site.name)
         log.info("demo_site_started", url=url, sdk_url=self._sdk.url)

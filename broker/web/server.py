@@ -7,6 +7,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import prometheus_client
 from aiohttp import web
 
 from broker import __version__, compiled
+from broker.config import listen
 from broker.config.model import Settings
 from broker.observability.logs import configure_logging, get_logger
 from broker.web import listen_file
@@ -29,41 +31,27 @@ OnStarted = Callable[[list[str]], Awaitable[None]]
 
 
 async def serve(
-    settings: Settings, *, reuse_port: bool = False, on_started: OnStarted | None = None
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    on_started: OnStarted | None = None,
+    listeners: dict[str, list[socket.socket]] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain: not ready first, then stop listening."""
-    registry = prometheus_client.REGISTRY  # keeps the default process/GC collectors
-    separate_metrics = settings.metrics_port != 0
-    app = create_app(settings, registry=registry, serve_metrics=not separate_metrics)
-    runners = [GatewayRunner(app, **runner_options(settings))]
-    await runners[0].setup()
-    site = web.TCPSite(
-        runners[0], settings.server.host, settings.server.port, reuse_port=reuse_port or None
-    )
-    await site.start()
-    urls = [site.name]
-    if separate_metrics:
-        metrics_runner = GatewayRunner(create_metrics_app(registry), access_log=None)
-        await metrics_runner.setup()
-        metrics_site = web.TCPSite(
-            metrics_runner,
-            settings.server.host,
-            settings.metrics_port,
-            reuse_port=reuse_port or None,
-        )
-        await metrics_site.start()
-        runners.append(metrics_runner)
-        urls.append(metrics_site.name)
-    if settings.admin.enabled:
-        admin_runner = GatewayRunner(create_admin_app(app), access_log_class=AccessLogger)
-        await admin_runner.setup()
-        admin_site = web.TCPSite(
-            admin_runner, settings.admin.host, settings.admin.port, reuse_port=reuse_port or None
-        )
-        await admin_site.start()
-        runners.append(admin_runner)
-        urls.append(admin_site.name)
-    announce_listening(settings.server.host, site.port)
+    """Serve until SIGTERM/SIGINT, then drain: not ready first, then stop listening.
+
+    Every listener is bound before the app starts (its token fetch, its client
+    session): an address in use raises CannotListen with nothing begun. *listeners*:
+    already bound by the caller (``bind_listeners``), who had more to start."""
+    if listeners is None:
+        listeners = bind_listeners(settings, reuse_port=reuse_port)
+    try:
+        runners, urls = await _start(settings, listeners)
+    except BaseException:
+        for sockets in listeners.values():
+            listen.close(sockets)
+        raise
+    app = runners[0].app
+    announce_listening(settings.server.host, listeners["main"][0].getsockname()[1])
     settle_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,6 +73,59 @@ async def serve(
     for runner in reversed(runners):
         await runner.cleanup()  # stop listening, finish in-flight requests, close upstream
     log.info("broker_stopped")
+
+
+def bind_listeners(settings: Settings, *, reuse_port: bool) -> dict[str, list[socket.socket]]:
+    """The sockets of every listener *settings* asks for (main, metrics, admin), bound;
+    CannotListen, with none left open, when one cannot be."""
+    server = settings.server
+    addresses = {"main": listen.Address(server.host, server.port, ("server.port",),
+                                        ("server.host",))}  # fmt: skip
+    if settings.metrics_port != 0:
+        addresses["metrics"] = listen.Address(
+            server.host, settings.metrics_port, ("metrics.port",), ("server.host",)
+        )
+    if settings.admin.enabled:
+        admin = settings.admin
+        addresses["admin"] = listen.Address(admin.host, admin.port, ("admin.port",),
+                                            ("admin.host",))  # fmt: skip
+    bound: dict[str, list[socket.socket]] = {}
+    try:
+        for name, address in addresses.items():
+            bound[name] = listen.bind(address, reuse_port=reuse_port)
+    except listen.CannotListen:
+        for sockets in bound.values():
+            listen.close(sockets)
+        raise
+    return bound
+
+
+async def _start(
+    settings: Settings, listeners: dict[str, list[socket.socket]]
+) -> tuple[list[GatewayRunner], list[str]]:
+    """The app and a runner per listener, serving on *listeners*' sockets."""
+    registry = prometheus_client.REGISTRY  # keeps the default process/GC collectors
+    separate_metrics = "metrics" in listeners
+    app = create_app(settings, registry=registry, serve_metrics=not separate_metrics)
+    runners = [GatewayRunner(app, **runner_options(settings))]
+    if separate_metrics:
+        runners.append(GatewayRunner(create_metrics_app(registry), access_log=None))
+    if "admin" in listeners:
+        runners.append(GatewayRunner(create_admin_app(app), access_log_class=AccessLogger))
+    hosts = {"main": settings.server.host, "metrics": settings.server.host,
+             "admin": settings.admin.host}  # fmt: skip
+    urls = []
+    try:
+        for runner, (name, sockets) in zip(runners, listeners.items(), strict=True):
+            await runner.setup()
+            for sock in sockets:
+                await web.SockSite(runner, sock).start()
+            urls.append(listen.url(hosts[name], sockets))
+    except BaseException:
+        for runner in reversed(runners):
+            await runner.cleanup()
+        raise
+    return runners, urls
 
 
 def announce_listening(host: str, port: int) -> None:
@@ -127,6 +168,10 @@ def run(load: LoadSettings, workers: int) -> None:
     if workers <= 1:
         run_loop(serve(load()))
         return
+    # Every worker binds with SO_REUSEPORT; an address taken by another program is
+    # found here, once, rather than by each worker.
+    for sockets in bind_listeners(load(), reuse_port=True).values():
+        listen.close(sockets)
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker, args=(load,)) for _ in range(workers)]
     for process in processes:
@@ -142,13 +187,19 @@ def run(load: LoadSettings, workers: int) -> None:
     for process in processes:
         process.join()
     failed = [p.exitcode for p in processes if p.exitcode]
+    if failed and all(code == listen.CannotListen.exit_code for code in failed):
+        raise SystemExit(listen.CannotListen.exit_code)
     raise SystemExit(1 if failed else 0)
 
 
 def _worker(load: LoadSettings) -> None:
     settings = load()
     configure_logging(fmt=settings.log_format, level=settings.log_level)
-    run_loop(serve(settings, reuse_port=True))
+    try:
+        run_loop(serve(settings, reuse_port=True))
+    except listen.CannotListen as exc:  # taken since the parent's check: rare
+        log.error("cannot_listen", address=exc.address.shown, reason=exc.reason)  # noqa: TRY400 - one line, no traceback
+        raise SystemExit(exc.exit_code) from None
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
