@@ -1,7 +1,7 @@
-"""The ``token-broker`` command: serve, sandbox, check-config, keygen, healthcheck.
+"""The ``token-broker`` command: serve, sandbox, check-config, doctor, keygen, healthcheck.
 
 Exit codes: 0 ok, 1 bad configuration (or a file that cannot be written), 2 usage,
-3 an address that cannot be listened on.
+3 an address that cannot be listened on, 4 a ``doctor`` check failed.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from broker.config.model import (
     redacted_values,
     unknown_environment,
 )
+from broker.credentials import valid_id
 from broker.observability.logs import configure_logging, get_logger
 from broker.web import listen_file
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE = 0, 1, 2
 EXIT_CANNOT_LISTEN = CannotListen.exit_code  # 3
+EXIT_CHECK_FAILED = 4  # doctor: a check failed (the configuration itself loaded)
 # healthcheck: the server does not answer (what Docker's HEALTHCHECK expects of a failure).
 EXIT_UNHEALTHY = 1
 # The flags of `serve` that override a configuration key: named when that key's
@@ -127,6 +129,28 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(command=_check_config)
 
+    doctor = commands.add_parser(
+        "doctor",
+        help="check a configuration against the world: upstream credentials, init path,"
+        " JWKS, Redis, clock, TLS",
+    )
+    doctor.add_argument("--config", type=Path, metavar="FILE", required=True)
+    doctor.add_argument(
+        "--customer", type=_id, metavar="ID", help="with --invoice: mint a checkout JWT for it"
+    )
+    doctor.add_argument(
+        "--invoice", type=_id, metavar="ID", help="with --customer: an invoice it owns"
+    )
+    doctor.add_argument(
+        "--broker",
+        metavar="URL",
+        help="a running broker (http://host:port) whose JWKS must hold this signing key",
+    )
+    doctor.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per check (default 10)"
+    )
+    doctor.set_defaults(command=_doctor)
+
     keygen = commands.add_parser("keygen", help="print a new ES256 private key (PEM)")
     keygen.add_argument(
         "--out",
@@ -165,6 +189,12 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{value!r} is not a port (0-65535)")
     return port
+
+
+def _id(value: str) -> str:
+    if not valid_id(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ID (1-64 of [A-Za-z0-9_-])")
+    return value
 
 
 def _sdk_source(value: str) -> SdkSource:
@@ -290,6 +320,22 @@ def _check_config(args: argparse.Namespace) -> int:
     effective = redacted_values(args.file, os.environ)
     print(json.dumps(effective, indent=2, sort_keys=True))
     return EXIT_OK
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from broker.cli.doctor import run_doctor  # noqa: PLC0415 - its imports are heavier
+
+    if (args.customer is None) != (args.invoice is None):
+        sys.stderr.write("token-broker doctor: give --customer and --invoice together\n")
+        return EXIT_USAGE
+    return run_doctor(
+        args.config,
+        os.environ,
+        customer=args.customer,
+        invoice=args.invoice,
+        broker=args.broker,
+        timeout=args.timeout,
+    )
 
 
 def _keygen(args: argparse.Namespace) -> int:
