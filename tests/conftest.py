@@ -9,7 +9,7 @@ import logging
 import os
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,7 +23,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from broker import __file__ as broker_init
 from broker import compiled
-from broker.config.model import Settings
+from broker.config.model import TRANSPORTS, Settings, UpstreamSettings
 from broker.observability.logs import configure_logging
 from broker.sandbox import SandboxSettings, create_sandbox_app
 from broker.web.app import create_app, runner_options
@@ -93,10 +93,30 @@ async def sandbox(make_sandbox: MakeSandbox) -> Sandbox:
     return await make_sandbox()
 
 
-@pytest.fixture(params=["aiohttp", "lean"])
+# upstream.transport's default: what a broker test runs on unless it is marked forwarding.
+DEFAULT_TRANSPORT = str(next(f.default for f in fields(UpstreamSettings) if f.name == "transport"))
+
+
+@pytest.hookimpl(tryfirst=True)  # the transport first in test ids, as before
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``@pytest.mark.forwarding``: the test's requests are forwarded upstream, so it runs
+    once per upstream transport (``upstream.transport`` carries nothing else: session
+    issuing, refusals, CORS preflights, health and metrics never reach it)."""
+    if metafunc.definition.get_closest_marker("forwarding") is None:
+        return
+    if "transport" not in metafunc.fixturenames:
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid} is marked forwarding but starts no broker"
+            " (it uses neither broker, make_broker nor transport)"
+        )
+    metafunc.parametrize("transport", TRANSPORTS, indirect=True)
+
+
+@pytest.fixture
 def transport(request: pytest.FixtureRequest) -> str:
-    """``upstream.transport``: every test that starts a broker runs against both."""
-    name: str = request.param
+    """``upstream.transport`` of the brokers a test starts: the default, or each in turn
+    for a test marked ``forwarding``."""
+    name: str = getattr(request, "param", DEFAULT_TRANSPORT)
     return name
 
 

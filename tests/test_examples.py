@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
@@ -22,11 +21,6 @@ from tests.helpers import API_KEY, auth
 
 REPO = Path(__file__).resolve().parent.parent
 ExampleClient = TestClient[aiohttp.web.Request, aiohttp.web.Application]
-
-
-@pytest.fixture
-def transport() -> str:
-    return "aiohttp"
 
 
 def readme_page_block() -> str:

@@ -152,6 +152,7 @@ async def test_forged_session_tokens_are_401_without_upstream_call(
     assert await sandbox.checkout_requests() == []
 
 
+@pytest.mark.forwarding
 async def test_rotation_old_key_still_verifies_new_key_signs(
     make_broker: MakeBroker, sandbox: Sandbox
 ) -> None:

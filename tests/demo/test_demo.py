@@ -30,12 +30,6 @@ SESSION = "/api/checkout-session"
 
 
 @pytest.fixture
-def transport() -> str:
-    """One transport is enough here (conftest's runs every broker test on both)."""
-    return "aiohttp"
-
-
-@pytest.fixture
 def make_demo(aiohttp_client: AiohttpClient, broker: BrokerClient) -> MakeDemo:
     async def make(
         *, broker_url: str | None = "<broker>", api_key: str = API_KEY, sdk: SdkSource | None = None

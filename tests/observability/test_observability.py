@@ -49,6 +49,7 @@ def sample(families: dict[str, Any], name: str, **labels: str) -> float:
     return 0.0
 
 
+@pytest.mark.forwarding
 async def test_metrics_hold_every_design_name_with_exact_counts(
     broker: BrokerClient, sandbox: Sandbox
 ) -> None:
@@ -127,6 +128,7 @@ async def test_the_metrics_listener_serves_metrics_and_names_no_aiohttp_version(
         assert answer.headers["Server"] == "token-broker"
 
 
+@pytest.mark.forwarding
 async def test_a_thousand_customers_add_no_time_series(
     make_broker: MakeBroker, sandbox: Sandbox
 ) -> None:
@@ -153,6 +155,7 @@ CANARY_COOKIE = "canary-cookie-9b1c"
 CANARY_QUERY = "canary-query-4d2e"
 
 
+@pytest.mark.forwarding
 async def test_canaries_never_reach_logs_or_metrics(
     make_sandbox: MakeSandbox, make_broker: MakeBroker, logs: LogCapture
 ) -> None:
@@ -204,6 +207,7 @@ async def test_canaries_never_reach_logs_or_metrics(
     assert {e["status"] for e in finished} >= {200, 401, 502, 504, 400}
 
 
+@pytest.mark.forwarding
 async def test_request_finished_carries_the_fields_and_the_request_id(
     broker: BrokerClient, sandbox: Sandbox, logs: LogCapture
 ) -> None:

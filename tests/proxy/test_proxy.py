@@ -20,6 +20,7 @@ def bearer_seen(request: dict[str, object]) -> list[str]:
     return [value for name, value in headers if name.lower() == "authorization"]
 
 
+@pytest.mark.forwarding
 async def test_session_gets_invoice_with_checkout_jwt_swapped_in(
     broker: BrokerClient, sandbox: Sandbox
 ) -> None:
@@ -45,6 +46,7 @@ async def test_session_gets_invoice_with_checkout_jwt_swapped_in(
     assert all(checkout_jwt not in value for value in response.headers.values())
 
 
+@pytest.mark.forwarding
 async def test_both_checkout_prefixes_are_forwarded(broker: BrokerClient) -> None:
     session = await new_session(broker)
     for path in ("/checkout/payment-methods", "/checkout/v1/payment-methods"):
@@ -53,6 +55,7 @@ async def test_both_checkout_prefixes_are_forwarded(broker: BrokerClient) -> Non
         assert "data" in await response.json()
 
 
+@pytest.mark.forwarding
 async def test_post_body_and_idempotency_key_reach_upstream(
     broker: BrokerClient, sandbox: Sandbox
 ) -> None:
@@ -78,6 +81,7 @@ async def test_post_body_and_idempotency_key_reach_upstream(
     assert '"payment_method_id": "pm_x"' in seen["body"]
 
 
+@pytest.mark.forwarding
 @pytest.mark.parametrize(
     "connection",
     [
@@ -111,6 +115,7 @@ async def test_browser_credentials_and_connection_named_headers_never_reach_upst
     assert "canary" not in str(seen)
 
 
+@pytest.mark.forwarding
 async def test_query_arrives_byte_exact(broker: BrokerClient, sandbox: Sandbox) -> None:
     session = await new_session(broker)
     query = "after=gaFpxBACEaXBVABEYbHG+X9LyLnH&a=1+2&a=%2B3&b=%20"
@@ -146,6 +151,7 @@ async def test_dangerous_paths_are_refused_without_upstream_call(
     assert await sandbox.requests() == []
 
 
+@pytest.mark.forwarding
 async def test_upstream_revoking_a_token_costs_one_mint_not_an_error(
     broker: BrokerClient, sandbox: Sandbox
 ) -> None:
@@ -161,6 +167,7 @@ async def test_upstream_revoking_a_token_costs_one_mint_not_an_error(
     assert stats["unauthorized_served"] == 1
 
 
+@pytest.mark.forwarding
 async def test_upstream_that_always_answers_401_gives_502_after_one_replay(
     broker: BrokerClient, sandbox: Sandbox
 ) -> None:
@@ -174,6 +181,7 @@ async def test_upstream_that_always_answers_401_gives_502_after_one_replay(
     assert stats["tokens_issued"] == 2
 
 
+@pytest.mark.forwarding
 async def test_upstream_redirect_is_not_followed(broker: BrokerClient, sandbox: Sandbox) -> None:
     session = await new_session(broker)
     await sandbox.faults(redirect=True)
@@ -182,6 +190,7 @@ async def test_upstream_redirect_is_not_followed(broker: BrokerClient, sandbox: 
     assert "Location" not in response.headers
 
 
+@pytest.mark.forwarding
 async def test_upstream_4xx_passes_through_unchanged(broker: BrokerClient) -> None:
     session = await new_session(broker)
     response = await broker.post("/checkout/payment-methods/bank", json={}, headers=auth(session))
@@ -200,6 +209,7 @@ async def test_unreachable_upstream_is_503_with_retry_after(
     assert response.headers["Retry-After"].isdigit()
 
 
+@pytest.mark.forwarding
 async def test_slow_upstream_is_504(make_broker: MakeBroker, sandbox: Sandbox) -> None:
     client = await make_broker(make_settings(sandbox.url, read_timeout=0.3))
     session = await new_session(client)
@@ -214,6 +224,7 @@ def is_token_endpoint(request: web.BaseRequest) -> bool:
     return request.path == "/oauth/token" or "checkout-auth" in request.path
 
 
+@pytest.mark.forwarding
 async def test_an_empty_204_from_upstream_is_relayed(
     make_broker: MakeBroker, sandbox: Sandbox, aiohttp_raw_server: AiohttpRawServer
 ) -> None:
@@ -230,6 +241,7 @@ async def test_an_empty_204_from_upstream_is_relayed(
     assert await response.read() == b""
 
 
+@pytest.mark.forwarding
 async def test_upstream_dying_mid_body_truncates_the_response(
     make_broker: MakeBroker, sandbox: Sandbox, aiohttp_raw_server: AiohttpRawServer
 ) -> None:
@@ -254,6 +266,7 @@ async def test_upstream_dying_mid_body_truncates_the_response(
         await response.read()
 
 
+@pytest.mark.forwarding
 async def test_concurrent_requests_on_cold_keys_mint_once_per_key(
     broker: BrokerClient, sandbox: Sandbox
 ) -> None:
@@ -272,6 +285,7 @@ async def test_concurrent_requests_on_cold_keys_mint_once_per_key(
     assert sorted(stats["mints_per_key"].values()) == [1] * 20
 
 
+@pytest.mark.forwarding
 async def test_a_stalled_mint_does_not_slow_other_keys(
     broker: BrokerClient, sandbox: Sandbox
 ) -> None:

@@ -5,7 +5,9 @@ app, and (for ``jku``/``x5u`` probes) a bare TCP listener that only counts who c
 
 The upstream transport (``upstream.transport``) only carries what the broker forwards,
 so here a broker uses the default one, and the tests whose traffic is forwarded (path
-and header fidelity, bodies, injected bearers) run against each: ``@each_transport``.
+and header fidelity, bodies, injected bearers) run against each:
+``@pytest.mark.forwarding`` (tests/conftest.py). A test about a refusal that forwards one
+request only to show the refusal was about the attack runs on the default.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from prometheus_client import CollectorRegistry
 
-from broker.config.model import TRANSPORTS, JwtAuthSettings, LimitSettings, Settings
+from broker.config.model import JwtAuthSettings, LimitSettings, Settings
 from tests.conftest import BrokerClient
 from tests.helpers import GENEROUS_LIMITS, b64url, hmac_signed, make_settings, unsigned
 
@@ -44,16 +46,6 @@ INVALID_TOKEN = 'Bearer error="invalid_token"'
 
 
 # -- settings -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def transport(request: pytest.FixtureRequest) -> str:
-    """The broker's upstream transport: the default unless the test is ``each_transport``."""
-    name: str = getattr(request, "param", "aiohttp")
-    return name
-
-
-each_transport = pytest.mark.parametrize("transport", TRANSPORTS, indirect=True)
 
 
 def roomy_limits(**overrides: Any) -> LimitSettings:

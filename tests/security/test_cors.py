@@ -17,7 +17,6 @@ from tests.conftest import BrokerClient, MakeBroker, new_session
 from tests.helpers import Sandbox, auth
 from tests.security.conftest import (
     ORIGIN,
-    each_transport,
     hardened_settings,
     roomy_limits,
     upstream_traffic,
@@ -168,7 +167,7 @@ async def test_other_origins_get_no_cors_headers_on_actual_requests(
             assert "Access-Control-Allow-Credentials" not in response.headers, origin
 
 
-@each_transport
+@pytest.mark.forwarding
 async def test_upstream_cors_headers_are_never_relayed(
     make_broker: MakeBroker, sandbox: Sandbox, aiohttp_raw_server: AiohttpRawServer
 ) -> None:

@@ -14,7 +14,6 @@ import pytest
 from tests.conftest import BrokerClient, MakeBroker, new_session
 from tests.helpers import API_KEY, Sandbox, auth
 from tests.security.conftest import (
-    each_transport,
     hardened_settings,
     hs256_mode,
     http_request,
@@ -101,7 +100,7 @@ async def test_a_chunked_body_over_the_limit_is_413(
     assert upstream_traffic(await sandbox.requests()) == []
 
 
-@each_transport
+@pytest.mark.forwarding
 async def test_a_body_of_exactly_the_limit_is_forwarded(
     client: BrokerClient, sandbox: Sandbox
 ) -> None:

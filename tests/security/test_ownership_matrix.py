@@ -20,7 +20,6 @@ from tests.conftest import MakeBroker, MakeSandbox, new_session
 from tests.helpers import Sandbox, auth
 from tests.security.conftest import (
     NOT_FOUND_BODY,
-    each_transport,
     hardened_settings,
     header_values,
     hs256_mode,
@@ -49,7 +48,7 @@ def comparable_headers(headers: Any) -> list[tuple[str, str]]:
     return sorted((k.lower(), v) for k, v in headers.items() if k.lower() not in _PER_RESPONSE)
 
 
-@each_transport
+@pytest.mark.forwarding
 @pytest.mark.parametrize("mode", ["hs256", "pem"])
 async def test_only_owned_pairs_get_sessions_and_refusals_are_indistinguishable(
     make_sandbox: MakeSandbox, make_broker: MakeBroker, mode: str
@@ -123,7 +122,7 @@ async def test_only_owned_pairs_get_sessions_and_refusals_are_indistinguishable(
     assert sample(registry, "broker_token_cache_entries") == 2  # the gauge does count
 
 
-@each_transport
+@pytest.mark.forwarding
 async def test_api_key_and_idp_sessions_work_side_by_side(
     sandbox: Sandbox, make_broker: MakeBroker
 ) -> None:

@@ -329,7 +329,7 @@ class OwnershipMachine(RuleBasedStateMachine):
                 session.revoked = True
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.forwarding
 def test_sessions_and_upstream_tokens_always_match_the_owner(transport: str) -> None:
     """20 examples of up to 15 steps in all, shared between the upstream transports."""
     live = LiveLoop()

@@ -11,7 +11,6 @@ from broker.config.model import RouteSettings
 from tests.conftest import BrokerClient, MakeBroker, new_session
 from tests.helpers import Sandbox
 from tests.security.conftest import (
-    each_transport,
     hardened_settings,
     http_request,
     send_to,
@@ -19,7 +18,7 @@ from tests.security.conftest import (
 )
 
 # What is checked must be what is forwarded, whichever client carries it upstream.
-pytestmark = each_transport
+pytestmark = pytest.mark.forwarding
 
 SDK_PAIRS = [
     ("GET", "preferences/theme"),

@@ -22,7 +22,6 @@ import pytest
 from tests.conftest import BrokerClient, MakeBroker, new_session
 from tests.helpers import Sandbox
 from tests.security.conftest import (
-    each_transport,
     hardened_settings,
     header_values,
     http_request,
@@ -196,7 +195,7 @@ async def test_ambiguous_framing_is_refused_and_nothing_is_forwarded(
     assert seen == [], (case, [r["raw_path"] for r in seen])
 
 
-@each_transport
+@pytest.mark.forwarding
 async def test_control_a_well_framed_chunked_post_is_forwarded(
     client: BrokerClient, sandbox: Sandbox
 ) -> None:
@@ -209,7 +208,7 @@ async def test_control_a_well_framed_chunked_post_is_forwarded(
     assert (seen["raw_path"], seen["body"]) == (OUTER_PATH, "{}")
 
 
-@each_transport
+@pytest.mark.forwarding
 async def test_control_pipelined_requests_are_each_answered_and_forwarded(
     client: BrokerClient, sandbox: Sandbox
 ) -> None:
@@ -226,7 +225,7 @@ async def test_control_pipelined_requests_are_each_answered_and_forwarded(
     assert header_values(upstream_traffic(await sandbox.requests())[0], "X-Request-Id") == ["outer"]
 
 
-@each_transport
+@pytest.mark.forwarding
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 async def test_a_request_inside_a_well_framed_body_stays_body_upstream(
     client: BrokerClient, sandbox: Sandbox, framing: str

@@ -18,6 +18,7 @@ def lookups(registry: CollectorRegistry, outcome: str) -> float:
     return value or 0.0
 
 
+@pytest.mark.forwarding
 @pytest.mark.slow
 async def test_three_second_tokens_under_fifteen_seconds_of_traffic(
     make_sandbox: MakeSandbox, make_broker: MakeBroker
@@ -53,6 +54,7 @@ async def test_three_second_tokens_under_fifteen_seconds_of_traffic(
     assert 5 <= stats["tokens_issued"] <= 12
 
 
+@pytest.mark.forwarding
 async def test_idle_key_is_not_renewed_and_leaves_the_cache_when_expired(
     make_sandbox: MakeSandbox, make_broker: MakeBroker
 ) -> None:
@@ -68,6 +70,7 @@ async def test_idle_key_is_not_renewed_and_leaves_the_cache_when_expired(
     assert registry.get_sample_value("broker_token_cache_entries") == 0
 
 
+@pytest.mark.forwarding
 async def test_a_failing_renewal_is_not_retried_on_every_request(
     make_sandbox: MakeSandbox, make_broker: MakeBroker, logs: LogCapture
 ) -> None:

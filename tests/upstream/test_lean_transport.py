@@ -822,6 +822,7 @@ async def test_an_untrusted_https_upstream_is_unreachable(
 # -- end to end through the broker (both transports) --------------------------------------
 
 
+@pytest.mark.forwarding
 async def test_hop_by_hop_fields_from_the_upstream_never_reach_the_browser(
     make_broker: MakeBroker, sandbox: Sandbox, aiohttp_raw_server: AiohttpRawServer
 ) -> None:
@@ -858,6 +859,7 @@ async def test_hop_by_hop_fields_from_the_upstream_never_reach_the_browser(
     assert response.headers["X-Kept"] == "kept"
 
 
+@pytest.mark.forwarding
 @pytest.mark.parametrize("size", [2, 100_000])  # one write, and streamed (over 64 KiB)
 async def test_answers_keep_their_length_and_carry_one_request_id(
     make_broker: MakeBroker, sandbox: Sandbox, aiohttp_raw_server: AiohttpRawServer, size: int
@@ -885,6 +887,7 @@ async def test_answers_keep_their_length_and_carry_one_request_id(
     assert await response.read() == body
 
 
+@pytest.mark.forwarding
 @pytest.mark.parametrize("status", [200, 204])
 async def test_empty_answers_pass_through_the_broker(
     make_broker: MakeBroker,
@@ -972,6 +975,7 @@ def test_the_transport_is_chosen_in_configuration(tmp_path: Path) -> None:
         load_settings(defaults, {**environ, "BROKER_UPSTREAM_TRANSPORT": "httpx"})
 
 
+@pytest.mark.forwarding
 async def test_the_gateway_builds_the_configured_transport(
     make_broker: MakeBroker, sandbox: Sandbox, transport: str
 ) -> None:
