@@ -108,7 +108,9 @@ class Gateway:
             SlidingWindowBudget(settings.rate_limit_per_second) if shared is None else shared.budget
         )
         http = open_session(settings)
-        api = PartnerApi(http, settings, self.metrics)
+        api = PartnerApi(
+            http, settings, self.metrics, max_lifetime=self.settings.tokens.max_lifetime
+        )
         partner = PartnerToken(
             api,
             budget,
@@ -137,7 +139,14 @@ class Gateway:
             max_wait=settings.rate_limit_max_wait,
         )
         transport: UpstreamTransport = (
-            LeanTransport(settings) if settings.transport == "lean" else AiohttpTransport(http)
+            LeanTransport(settings)
+            if settings.transport == "lean"
+            else AiohttpTransport(
+                http,
+                max_connections=settings.max_connections,
+                pool_wait=settings.pool_wait,
+                max_per_holder=settings.max_connections_per_customer,
+            )
         )
         self._connected = Connected(
             http=http,

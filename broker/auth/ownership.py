@@ -59,8 +59,8 @@ class Ownership:
 
     async def _lookup(self, invoice_id: str) -> str:
         for attempt in (1, 2):
+            bearer = await self._partner.get()  # before the slot: see CheckoutTokens
             await self._budget.acquire(self._max_wait)
-            bearer = await self._partner.get()
             try:
                 invoice = await self._api.get_json(bearer, f"/invoices/{invoice_id}", "ownership")
             except PartnerTokenRejected:

@@ -125,6 +125,18 @@ class UpstreamSettings:
         maximum=100_000,
         doc="upstream keep-alive pool size per process (one connection per concurrent call)",
     )
+    pool_wait: float = setting(
+        1.0,
+        minimum=0.0,
+        maximum=60.0,
+        doc="seconds a proxied call may wait for a free upstream connection before 503",
+    )
+    max_connections_per_customer: int = setting(
+        32,
+        minimum=1,
+        maximum=100_000,
+        doc="upstream connections one customer's calls may hold at once (more get 503)",
+    )
     # The proxy path's HTTP client (see lean_transport).
     transport: str = setting(
         "aiohttp",
@@ -179,6 +191,12 @@ class TokenSettings:
     )
     max_entries: int = setting(
         100_000, minimum=1, maximum=10**8, doc="checkout JWTs cached per process"
+    )
+    max_lifetime: float = setting(
+        86_400.0,
+        minimum=1.0,
+        maximum=30 * 86_400.0,
+        doc="longest token lifetime believed from the upstream (longer ones are clamped, logged)",
     )
 
 

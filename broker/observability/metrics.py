@@ -45,6 +45,7 @@ class Metrics:
     rate_budget_exhausted: Counter
     credentials_rejected: Gauge
     redis_degraded: Gauge
+    upstream_clock_skew: Gauge
     # Bound children by label values: labels() costs a dict build per call, and every
     # request would pay it several times. The label sets are bounded.
     _children: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
@@ -136,6 +137,10 @@ class Metrics:
             redis_degraded=gauge(
                 "broker_redis_degraded",
                 "1 while the shared Redis cache is unreachable and this process works alone.",
+            ),
+            upstream_clock_skew=gauge(
+                "broker_upstream_clock_skew_seconds",
+                "The upstream's clock minus this process's, as measured at the last mint.",
             ),
         )
         metrics.build_info.labels(version=__version__).set(1)

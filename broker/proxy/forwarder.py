@@ -14,7 +14,12 @@ from broker.observability.metrics import Metrics
 from broker.proxy.relay import upstream_request_headers
 from broker.tokens.checkout import CheckoutTokens
 from broker.upstream.calls import UpstreamCall
-from broker.upstream.transport import UpstreamResponse, UpstreamTransport
+from broker.upstream.transport import (
+    IDEMPOTENT_METHODS,
+    UpstreamReset,
+    UpstreamResponse,
+    UpstreamTransport,
+)
 
 log = get_logger("broker.proxy.forwarder")
 
@@ -43,12 +48,13 @@ class Forwarder:
         tokens = self._tokens
         lookup = tokens.cached(key) or await tokens.wait_for_mint(key)
         exchange.token_outcome = lookup.outcome
-        upstream = await self._send(request, exchange, url, body, lookup.token.value)
+        holder = key.customer_id
+        upstream = await self._send(request, exchange, url, body, lookup.token.value, holder)
         if upstream.status != 401:
             return upstream
         upstream.release()
         lookup = await tokens.replace_rejected(key, lookup.token)
-        upstream = await self._send(request, exchange, url, body, lookup.token.value)
+        upstream = await self._send(request, exchange, url, body, lookup.token.value, holder)
         result = "failed" if upstream.status == 401 else "recovered"
         self._metrics.upstream_unauthorized.labels(result=result).inc()
         log.info("upstream_unauthorized_" + result, customer_id=key.customer_id)
@@ -58,13 +64,28 @@ class Forwarder:
         return upstream
 
     async def _send(
-        self, request: web.Request, exchange: Exchange, url: URL, body: bytes | None, bearer: str
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        url: URL,
+        body: bytes | None,
+        bearer: str,
+        holder: str,
     ) -> UpstreamResponse:
         headers = upstream_request_headers(
             request.headers, bearer=bearer, request_id=exchange.request_id
         )
+        method = request.method
         with UpstreamCall(self._metrics, "proxy") as record:
-            response = await self._transport.send(request.method, url, headers, body)
+            try:
+                response = await self._transport.send(method, url, headers, body, holder)
+            except UpstreamReset:
+                # Reset before a whole answer head: a GET may go once more, on a new
+                # connection (the dead one is gone); a POST may have been acted on.
+                if method not in IDEMPOTENT_METHODS:
+                    raise
+                log.info("upstream_reset_retried", method=method)
+                response = await self._transport.send(method, url, headers, body, holder)
             record.status = str(response.status)
         exchange.upstream_status = response.status
         exchange.upstream_ms = record.elapsed * 1000  # rounded when logged

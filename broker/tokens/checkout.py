@@ -37,6 +37,7 @@ from broker.upstream.partner_api import (
     MintedToken,
     PartnerApi,
     PartnerTokenRejected,
+    TransientUpstreamError,
     UpstreamRateLimited,
 )
 
@@ -50,6 +51,12 @@ COALESCED: Final = "coalesced"
 FAILED: Final = "failed"
 # A failed background renewal is retried this much later while the token lasts.
 RENEWAL_RETRY_DELAY = 1.0
+# Skew between our clock and the upstream's that is logged (once per change).
+SKEW_WARNING = 5.0
+# How long a token is used when it looks expired and the upstream's clock is unknown.
+SKEW_FLOOR = 10.0
+# A mint that failed transiently is sent again after about this long (jittered).
+RETRY_PAUSE = 0.1
 
 
 class Lookup:
@@ -87,6 +94,7 @@ class CheckoutTokens:
         self._max_wait = max_wait
         self._clock = clock
         self._inflight: dict[TokenKey, asyncio.Task[CheckoutToken]] = {}
+        self._warned_skew = 0.0
         self._schedule: RefreshSchedule[TokenKey] = RefreshSchedule()
         self._wakeup = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
@@ -221,8 +229,7 @@ class CheckoutTokens:
                     log.error("checkout_token_mismatch", key=str(key), claim=claim)
                     raise TokenMismatch(f"minted token carries another {claim}")
         now = self._clock()
-        if expires_at <= now:
-            raise BadGateway("minted token is already expired")
+        expires_at = self._on_our_clock(minted, expires_at, now)
         token = self.token_from(minted.token, expires_at=expires_at, now=now, ahead=ahead)
         self._mint_duration.observe(now - started)
         log.info(
@@ -234,6 +241,26 @@ class CheckoutTokens:
             ahead=ahead,
         )
         return token
+
+    def _on_our_clock(self, minted: MintedToken, expires_at: float, now: float) -> float:
+        """*expires_at* (the upstream's clock) moved onto ours by the measured skew, so
+        that a broker clock running ahead does not see every fresh token as expired."""
+        upstream_now, received_at = minted.upstream_now, minted.received_at
+        if upstream_now is None or received_at is None:
+            if expires_at > now:
+                return expires_at
+            # No measure of the upstream's clock and the token looks expired: trust
+            # the upstream for a short floor (a real expiry ends in one 401, one mint).
+            log.warning("checkout_token_expiry_unverifiable", floor_s=SKEW_FLOOR)
+            return now + SKEW_FLOOR
+        if expires_at <= upstream_now:
+            raise BadGateway("minted token is already expired by the upstream's clock")
+        skew = upstream_now - received_at
+        self._metrics.upstream_clock_skew.set(skew)
+        if abs(skew) > SKEW_WARNING and abs(skew - self._warned_skew) > SKEW_WARNING:
+            self._warned_skew = skew  # once per change, not once per mint
+            log.warning("upstream_clock_skew", skew_s=round(skew, 1), hint="check NTP")
+        return expires_at - skew
 
     def token_from(
         self, value: str, *, expires_at: float, now: float, ahead: bool = False
@@ -249,9 +276,16 @@ class CheckoutTokens:
         )
 
     async def _call_upstream(self, key: TokenKey, max_wait: float) -> MintedToken:
+        """One mint, retried once: after a refused partner token (with a new one), a
+        429 the budget can wait out, or a transient failure (5xx, reset, truncated
+        answer; after a jittered pause). Every wait stays within *max_wait*."""
+        deadline = self._clock() + max_wait
         for attempt in (1, 2):
-            await self._acquire_budget(max_wait)
+            # The bearer first, then the slot: a slot reserved before waiting on an
+            # OAuth fetch would be spent later than reserved, next to the slots
+            # reserved after it, and more than `rate` calls would land in one window.
             bearer = await self._partner.get()
+            await self._acquire_budget(max(0.0, deadline - self._clock()))
             try:
                 return await self._api.mint_checkout_token(bearer, key)
             except PartnerTokenRejected:
@@ -262,9 +296,15 @@ class CheckoutTokens:
                 retry_after = exc.retry_after or 1.0
                 self._budget.pause(retry_after)
                 log.warning("upstream_rate_limited", kind="mint", retry_after_s=retry_after)
-                if attempt == 2 or retry_after > max_wait:
+                if attempt == 2 or retry_after > deadline - self._clock():
                     self._metrics.rate_budget_exhausted.inc()
                     raise RateBudgetExhausted("upstream 429", retry_after=retry_after) from exc
+            except TransientUpstreamError as exc:
+                pause = RETRY_PAUSE * (0.5 + random.random())  # noqa: S311 - spreading load
+                if attempt == 2 or pause > deadline - self._clock():
+                    raise
+                log.warning("checkout_token_mint_retried", key=str(key), detail=exc.detail)
+                await asyncio.sleep(pause)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _acquire_budget(self, max_wait: float) -> None:

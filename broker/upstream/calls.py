@@ -12,7 +12,12 @@ from broker.config.model import UpstreamSettings
 from broker.errors import BadGateway, BrokerError, GatewayTimeout, ServiceUnavailable
 from broker.headers import ACCEPT_ENCODING, CONTENT_TYPE, USER_AGENT
 from broker.observability.metrics import Metrics
-from broker.upstream.transport import UpstreamProtocolError, UpstreamUnreachable
+from broker.upstream.transport import (
+    UpstreamBusy,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamUnreachable,
+)
 
 # The SDK retries a 503 four times at once; a short Retry-After spaces those out.
 UNAVAILABLE_RETRY_AFTER = 1.0
@@ -30,6 +35,8 @@ def open_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
         connector=connector,
         timeout=aiohttp.ClientTimeout(
             total=None,  # a total would cut legitimately long streams
+            # Waiting for a pooled connection and connecting: bounded together.
+            connect=settings.pool_wait + settings.connect_timeout,
             sock_connect=settings.connect_timeout,
             sock_read=settings.read_timeout,  # an idle bound instead
         ),
@@ -39,6 +46,11 @@ def open_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
         trust_env=False,  # HTTP(S)_PROXY must not silently reroute payment traffic
         raise_for_status=False,
     )
+
+
+class TransientUpstreamError(ServiceUnavailable):
+    """A call failed in a way that may not happen again (a 5xx, a connection reset
+    before the answer's head, a truncated answer): a mint tries once more."""
 
 
 class UpstreamCall:
@@ -94,6 +106,18 @@ def _translated(exc: BaseException, kind: str, record: CallRecord) -> BrokerErro
     if isinstance(exc, TimeoutError):  # ServerTimeoutError, ConnectionTimeoutError, ...
         record.status = "timeout"
         return GatewayTimeout(f"{kind} call timed out")
+    if isinstance(exc, UpstreamBusy):
+        record.status = "busy"
+        return ServiceUnavailable(f"{kind} upstream pool busy", retry_after=UNAVAILABLE_RETRY_AFTER)
+    if isinstance(exc, UpstreamReset) or (
+        isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+        and not isinstance(exc, aiohttp.ClientConnectorError)
+    ):
+        # The same answer on both transports: the connection ended before a whole head.
+        record.status = "reset"
+        return TransientUpstreamError(
+            f"{kind} upstream reset the connection", retry_after=UNAVAILABLE_RETRY_AFTER
+        )
     if isinstance(exc, aiohttp.ClientConnectorError | UpstreamUnreachable):
         record.status = "unreachable"
         return ServiceUnavailable(

@@ -10,10 +10,8 @@ errors (see ``broker.upstream.transport``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import ssl
-from collections import deque
 from collections.abc import Mapping
 from typing import Final
 
@@ -23,13 +21,20 @@ from yarl import URL
 from broker.bounded import memo
 from broker.config.model import UpstreamSettings
 from broker.upstream.lean_connection import ClosedBeforeAnswer, UpstreamConnection
-from broker.upstream.transport import UpstreamResponse, UpstreamUnreachable
+from broker.upstream.transport import (
+    IDEMPOTENT_METHODS,
+    HolderSlots,
+    Slots,
+    UpstreamBusy,
+    UpstreamResponse,
+    UpstreamUnreachable,
+)
+
+__all__ = ["LeanResponse", "LeanTransport", "Slots"]
 
 # Kept-alive connections unused this long are closed (aiohttp's keepalive_timeout is 30 s
 # in open_session too); most servers drop theirs after 60 s or more.
 IDLE_TIMEOUT = 30.0
-# RFC 9110 §9.2.2: safe to send again when a reused connection died before answering.
-IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 # Framing is the transport's business; a caller's value would desynchronise the stream.
 _OWN_FIELDS: Final = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -48,55 +53,14 @@ def _judge_field(name: str) -> bool:
 _sent_field: Final = memo(_judge_field, 1024)
 
 
-class Slots:
-    """At most ``size`` holders at once; waiters are served first come, first served.
-
-    asyncio.Semaphore does the same but scans its waiters on every call, and this
-    pool takes and gives back a slot for every proxied request.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def take_now(self) -> bool:
-        if self._free and not self._waiters:
-            self._free -= 1
-            return True
-        return False
-
-    async def take(self) -> None:
-        """Wait for a slot; the caller bounds the wait."""
-        if self.take_now():
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.cancelled():
-                with contextlib.suppress(ValueError):  # give() may have dropped it already
-                    self._waiters.remove(waiter)
-            else:
-                self.give()  # handed a slot just as we were cancelled: pass it on
-            raise
-
-    def give(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot passes straight to the first waiter
-                return
-        self._free += 1
-
-
 class LeanResponse:
     """The head of an upstream answer, and its body read straight from the connection."""
 
-    __slots__ = ("_conn", "_transport", "content_length", "headers", "reason", "status")
+    __slots__ = ("_conn", "_holder", "_transport", "content_length", "headers", "reason", "status")
 
-    def __init__(self, transport: LeanTransport, conn: UpstreamConnection) -> None:
+    def __init__(self, transport: LeanTransport, conn: UpstreamConnection, holder: str) -> None:
         self._transport = transport
+        self._holder = holder
         self._conn: UpstreamConnection | None = conn
         self.status = conn.status
         self.reason = conn.reason
@@ -112,7 +76,7 @@ class LeanResponse:
     def release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._transport.give_back(conn)
+            self._transport.give_back(conn, self._holder)
 
     def _live(self) -> UpstreamConnection:
         # A released connection may already carry someone else's response.
@@ -145,24 +109,37 @@ class LeanTransport:
         # Counts requests in flight, so connections (busy + idle) never exceed the bound:
         # a new one is opened only when no idle one is left.
         self._slots = Slots(settings.max_connections)
+        self._pool_wait = settings.pool_wait
+        self._holders = HolderSlots(settings.max_connections_per_customer)
         self._idle: list[UpstreamConnection] = []  # LIFO: surplus connections age out
         self._open: set[UpstreamConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
     async def send(
-        self, method: str, url: URL, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        holder: str = "",
     ) -> UpstreamResponse:
         if self._closed:
             raise UpstreamUnreachable("the upstream transport is closed")
         request = self._serialize(method, url, headers, body)
-        await self._acquire_slot()
+        self._holders.take(holder)
+        try:
+            await self._acquire_slot()
+        except BaseException:
+            self._holders.give(holder)
+            raise
         try:
             conn = await self._exchange(method, request)
         except BaseException:
             self._slots.give()
+            self._holders.give(holder)
             raise
-        return LeanResponse(self, conn)
+        return LeanResponse(self, conn, holder)
 
     async def close(self) -> None:
         self._closed = True
@@ -175,8 +152,9 @@ class LeanTransport:
         self._open.clear()
         await asyncio.sleep(0)  # let connection_lost run, so sockets close before the loop
 
-    def give_back(self, conn: UpstreamConnection) -> None:
-        """Pool *conn* if its exchange ended cleanly, else close it; free its slot."""
+    def give_back(self, conn: UpstreamConnection, holder: str = "") -> None:
+        """Pool *conn* if its exchange ended cleanly, else close it; free its slots."""
+        self._holders.give(holder)
         if conn.reusable and not self._closed:
             conn.finish()
             self._idle.append(conn)
@@ -216,10 +194,10 @@ class LeanTransport:
         if self._slots.take_now():
             return  # the usual case: no wait, no timer
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(self._pool_wait):
                 await self._slots.take()
         except TimeoutError:
-            raise TimeoutError("no free upstream connection within connect_timeout") from None
+            raise UpstreamBusy("no free upstream connection within pool_wait") from None
 
     async def _exchange(self, method: str, request: bytes) -> UpstreamConnection:
         head_only = method == "HEAD"

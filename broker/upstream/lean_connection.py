@@ -15,11 +15,11 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from broker.headers import CONTENT_LENGTH, TRANSFER_ENCODING
-from broker.upstream.transport import UpstreamProtocolError, UpstreamUnreachable
+from broker.upstream.transport import MAX_RESPONSE_HEAD, UpstreamProtocolError, UpstreamReset
 
-# Status line and header fields. aiohttp's client allows 8 KiB per line; a proxy relaying
-# one JSON API does not need more than this in total.
-MAX_HEAD: Final = 64 * 1024
+# Status line and header fields: the bound both transports keep (aiohttp's client also
+# allows 8 KiB per line); a proxy relaying one JSON API does not need more in total.
+MAX_HEAD: Final = MAX_RESPONSE_HEAD
 # Chunk-size lines, chunk extensions and trailers between two body bytes: without a bound
 # a hostile upstream could keep the parser busy forever sending framing and no body.
 MAX_FRAMING: Final = 64 * 1024
@@ -31,7 +31,7 @@ _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _NO_HEADERS: Final[CIMultiDictProxy[str]] = CIMultiDictProxy(CIMultiDict())
 
 
-class ClosedBeforeAnswer(UpstreamUnreachable):
+class ClosedBeforeAnswer(UpstreamReset):
     """The connection ended before the first response byte (maybe a stale keep-alive)."""
 
 
@@ -247,7 +247,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._headers_done:
             self._head_size += len(data)
             if self._head_size > MAX_HEAD:  # e.g. one endless header line
-                self._fail(UpstreamProtocolError("response head over 64 KiB"))
+                self._fail(UpstreamProtocolError("response head over the limit"))
         elif not self._complete:
             self._framing = 0 if self._body_events != events else self._framing + len(data)
             if self._framing > MAX_FRAMING:
@@ -263,8 +263,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer = None
         if self.in_flight and not self._complete and self._error is None:
             if not self._headers_done:
-                error: UpstreamUnreachable | UpstreamProtocolError = (
-                    UpstreamProtocolError("upstream closed mid-headers")
+                error: UpstreamReset = (
+                    UpstreamReset("upstream closed mid-headers")
                     if self._answered
                     else ClosedBeforeAnswer("upstream closed the connection before answering")
                 )
@@ -290,7 +290,7 @@ class UpstreamConnection(asyncio.Protocol):
         )
         self._fields_size += len(name) + len(value) + 4
         if self._fields_size > MAX_HEAD:
-            raise UpstreamProtocolError("response head over 64 KiB")
+            raise UpstreamProtocolError("response head over the limit")
 
     def on_headers_complete(self) -> None:
         parser = self._parser

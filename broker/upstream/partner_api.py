@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -11,13 +13,13 @@ import aiohttp
 from yarl import URL
 
 from broker.config.model import UpstreamSettings
-from broker.credentials import TokenKey
+from broker.credentials import TokenKey, unverified_claims
 from broker.errors import (
     BadGateway,
     BrokerError,
     CredentialsRejected,
     NotFound,
-    ServiceUnavailable,
+    TokenMismatch,
 )
 from broker.headers import (
     ACCEPT,
@@ -27,10 +29,22 @@ from broker.headers import (
     RETRY_AFTER,
     USER_AGENT,
 )
+from broker.observability.logs import get_logger
 from broker.observability.metrics import Metrics
-from broker.upstream.calls import UpstreamCall, retry_after_seconds
+from broker.upstream.calls import (
+    CallRecord,
+    TransientUpstreamError,
+    UpstreamCall,
+    retry_after_seconds,
+)
+
+__all__ = ["MintedToken", "OAuthToken", "PartnerApi", "TransientUpstreamError"]
+
+log = get_logger("broker.upstream.partner_api")
 
 MAX_ANSWER_BYTES = 64 * 1024
+# The default for the longest lifetime believed from an answer (tokens.max_lifetime).
+MAX_LIFETIME = 86_400.0
 
 
 class UpstreamRateLimited(BrokerError):
@@ -54,20 +68,40 @@ class OAuthToken:
     access_token: str
     expires_in: float
 
+    def __repr__(self) -> str:
+        return f"OAuthToken(access_token=<redacted>, expires_in={self.expires_in!r})"
+
 
 @dataclass(frozen=True, slots=True)
 class MintedToken:
+    """A minted checkout JWT; ``upstream_now`` is the upstream's clock when it answered
+    (the JWT's ``iat``, else its ``Date`` header) and ``received_at`` ours, both unix
+    seconds: together they measure the skew between the two clocks."""
+
     token: str
     expires_at: float
+    upstream_now: float | None = None
+    received_at: float | None = None
+    claims: dict[str, object] | None = None
+
+    def __repr__(self) -> str:
+        return f"MintedToken(token=<redacted>, expires_at={self.expires_at!r})"
 
 
 class PartnerApi:
     """The upstream's partner endpoints, over the app's shared client session."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, settings: UpstreamSettings, metrics: Metrics
+        self,
+        session: aiohttp.ClientSession,
+        settings: UpstreamSettings,
+        metrics: Metrics,
+        *,
+        max_lifetime: float = MAX_LIFETIME,
     ) -> None:
         self._session = session
+        self._client_id = settings.client_id
+        self._max_lifetime = max_lifetime
         self._metrics = metrics
         self._token_url = _join(settings.base_url, settings.token_path)
         self._init_url = _join(settings.base_url, settings.checkout_init_path)
@@ -89,11 +123,15 @@ class PartnerApi:
                     f"token endpoint answered {response.status}", retry_after=5.0
                 )
             _raise_for_unexpected(response)
-            body = await _json_object(response)
+            body = await _json_object(response, record)
         token, expires_in = body.get("access_token"), body.get("expires_in")
-        if not isinstance(token, str) or not token or not _positive_number(expires_in):
+        token_type = body.get("token_type", "bearer")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise BadGateway("token endpoint answered a token_type other than bearer")
+        if not _usable_token(token) or not _positive_number(expires_in):
             raise BadGateway("token endpoint answer lacks access_token/expires_in")
-        return OAuthToken(access_token=token, expires_in=float(expires_in))
+        lifetime = self._clamped("oauth", "expires_in", float(expires_in))
+        return OAuthToken(access_token=token, expires_in=lifetime)
 
     async def mint_checkout_token(self, bearer: str, key: TokenKey) -> MintedToken:
         headers = _headers(f"Bearer {bearer}", "application/json")
@@ -111,13 +149,64 @@ class PartnerApi:
                 # The upstream does not know this pair: the one uniform answer.
                 raise NotFound(f"init answered {response.status}")
             _raise_for_unexpected(response)
-            body = await _json_object(response)
+            body = await _json_object(response, record)
+            date = response.headers.get("Date")
+        received_at = time.time()
         # Some environments name it access_token (upstream-api.md §2).
         token = body.get("token") or body.get("access_token")
         expires_at = body.get("expires_at")
-        if not isinstance(token, str) or not token or not _positive_number(expires_at):
+        if not _usable_token(token) or not _positive_number(expires_at):
             raise BadGateway("init answer lacks token/expires_at")
-        return MintedToken(token=token, expires_at=float(expires_at))
+        claims = unverified_claims(token)
+        upstream_now = _http_date(date)
+        if claims is not None:
+            upstream_now = self._check_claims(claims, key, upstream_now)
+            exp = claims.get("exp")
+            if exp is not None:
+                if not _positive_number(exp):
+                    raise BadGateway("minted token has an exp that is not a finite number")
+                expires_at = min(float(expires_at), float(exp))
+        reference = received_at if upstream_now is None else upstream_now
+        lifetime = self._clamped("mint", "expires_at", float(expires_at) - reference)
+        return MintedToken(
+            token=token,
+            expires_at=reference + lifetime,
+            upstream_now=upstream_now,
+            received_at=received_at,
+            claims=claims,
+        )
+
+    def _check_claims(
+        self, claims: dict[str, object], key: TokenKey, upstream_now: float | None
+    ) -> float | None:
+        """Refuse a token minted for another partner client, customer or invoice; the
+        upstream's clock from ``iat`` when it is a finite number."""
+        for claim, expected in (
+            ("client_id", self._client_id),
+            ("customer_id", key.customer_id),
+            ("invoice_id", key.invoice_id),
+        ):
+            if claim in claims and claims[claim] != expected:
+                log.error("checkout_token_mismatch", key=str(key), claim=claim)
+                raise TokenMismatch(f"minted token carries another {claim}")
+        iat = claims.get("iat")
+        if iat is None:
+            return upstream_now
+        if not _positive_number(iat):
+            raise BadGateway("minted token has an iat that is not a finite number")
+        return float(iat)
+
+    def _clamped(self, kind: str, field: str, lifetime: float) -> float:
+        if lifetime > self._max_lifetime:
+            log.warning(
+                "upstream_lifetime_clamped",
+                kind=kind,
+                field=field,
+                lifetime_s=round(lifetime),
+                max_lifetime_s=self._max_lifetime,
+            )
+            return self._max_lifetime
+        return lifetime
 
     async def get_json(self, bearer: str, path: str, kind: str) -> dict[str, Any] | None:
         """GET a partner resource; None when it does not exist (404)."""
@@ -134,7 +223,7 @@ class PartnerApi:
             if response.status in {400, 403, 404}:
                 return None
             _raise_for_unexpected(response)
-            return await _json_object(response)
+            return await _json_object(response, record)
 
 
 def _headers(authorization: str, content_type: str | None = None) -> dict[str, str]:
@@ -153,12 +242,35 @@ def _join(base: URL, path: str) -> URL:
 
 
 def _positive_number(value: object) -> TypeGuard[float]:
+    """A finite number above zero; an int too large for a float is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(number) and number > 0
+
+
+def _usable_token(value: object) -> TypeGuard[str]:
+    # A header value: printable ASCII without spaces, of a sane length.
     return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_ANSWER_BYTES
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
     )
+
+
+def _http_date(value: str | None) -> float | None:
+    """An HTTP ``Date`` as unix seconds, or None when absent or unparsable."""
+    if value is None:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
 
 
 def _raise_for_unexpected(response: aiohttp.ClientResponse) -> None:
@@ -168,14 +280,19 @@ def _raise_for_unexpected(response: aiohttp.ClientResponse) -> None:
             retry_after=retry_after_seconds(response.headers.get(RETRY_AFTER)),
         )
     if response.status >= 500:
-        raise ServiceUnavailable(f"upstream answered {response.status}", retry_after=1.0)
+        raise TransientUpstreamError(f"upstream answered {response.status}", retry_after=1.0)
     if response.status != 200:
         # Redirects and unexpected statuses are not something a partner call can use.
         raise BadGateway(f"upstream answered {response.status}")
 
 
-async def _json_object(response: aiohttp.ClientResponse) -> dict[str, Any]:
-    raw = await response.content.read(MAX_ANSWER_BYTES + 1)
+async def _json_object(response: aiohttp.ClientResponse, record: CallRecord) -> dict[str, Any]:
+    try:
+        raw = await _read_answer(response)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+        # Cut off or reset mid-answer: nothing wrong with what we asked, so try again.
+        record.status = "truncated"
+        raise TransientUpstreamError("upstream answer cut off", retry_after=1.0) from None
     if len(raw) > MAX_ANSWER_BYTES:
         raise BadGateway("upstream answer too large")
     body = _loads(raw)
@@ -184,8 +301,22 @@ async def _json_object(response: aiohttp.ClientResponse) -> dict[str, Any]:
     return body
 
 
+async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body (at most one byte past the limit), or ClientPayloadError when
+    it ends before its Content-Length or chunked framing says it is complete."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_ANSWER_BYTES:
+        chunk = await response.content.read(MAX_ANSWER_BYTES + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _loads(raw: bytes) -> object:
     try:
         return json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
         raise BadGateway("upstream answer is not JSON") from exc

@@ -11,14 +11,20 @@ exceptions are translated the same way by ``upstream.UpstreamCall``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Final, Protocol
 
 import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
 STREAM_CHUNK = 64 * 1024
+# RFC 9110 §9.2.2: safe to send again when a connection died before answering.
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+# Response head (status line and fields) at most this large on either transport.
+MAX_RESPONSE_HEAD: Final = 32 * 1024
 
 
 class TransportError(Exception):
@@ -27,6 +33,16 @@ class TransportError(Exception):
 
 class UpstreamUnreachable(TransportError):
     """No connection to the upstream could be made."""
+
+
+class UpstreamBusy(TransportError):
+    """No upstream connection could be had in time (the pool, or the caller's share of
+    it, is full): the caller gets a fast 503 rather than an unbounded wait."""
+
+
+class UpstreamReset(UpstreamUnreachable):
+    """The connection ended before a complete response head: an idempotent request may
+    be sent again on a new connection."""
 
 
 class UpstreamProtocolError(TransportError):
@@ -61,17 +77,99 @@ class UpstreamResponse(Protocol):
 
 class UpstreamTransport(Protocol):
     async def send(
-        self, method: str, url: URL, headers: Mapping[str, str], body: bytes | None
-    ) -> UpstreamResponse: ...
+        self,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        holder: str = "",
+    ) -> UpstreamResponse:
+        """Send; *holder* (a customer) may hold at most its share of the connections."""
 
     async def close(self) -> None: ...
 
 
-class AiohttpResponse:
-    __slots__ = ("_response",)
+class Slots:
+    """At most ``size`` holders at once; waiters are served first come, first served.
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    asyncio.Semaphore does the same but scans its waiters on every call, and this
+    pool takes and gives back a slot for every proxied request.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def take_now(self) -> bool:
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Wait for a slot; the caller bounds the wait."""
+        if self.take_now():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.cancelled():
+                with contextlib.suppress(ValueError):  # give() may have dropped it already
+                    self._waiters.remove(waiter)
+            else:
+                self.give()  # handed a slot just as we were cancelled: pass it on
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the first waiter
+                return
+        self._free += 1
+
+
+class HolderSlots:
+    """At most ``size`` connections per holder, so that one customer's stuck calls
+    cannot take the whole pool; past it, ``UpstreamBusy`` at once (no queue: the
+    holder's own calls are what is stuck). The empty holder is not counted."""
+
+    __slots__ = ("_held", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._held: dict[str, int] = {}
+
+    def take(self, holder: str) -> None:
+        if not holder:
+            return
+        held = self._held.get(holder, 0)
+        if held >= self._size:
+            raise UpstreamBusy("this customer holds its share of upstream connections")
+        self._held[holder] = held + 1
+
+    def give(self, holder: str) -> None:
+        held = self._held.get(holder, 0)
+        if held > 1:
+            self._held[holder] = held - 1
+        elif held:
+            del self._held[holder]
+
+    def held(self, holder: str) -> int:
+        return self._held.get(holder, 0)
+
+
+class AiohttpResponse:
+    __slots__ = ("_holder", "_response", "_transport")
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, transport: AiohttpTransport, holder: str
+    ) -> None:
         self._response = response
+        self._transport: AiohttpTransport | None = transport
+        self._holder = holder
 
     @property
     def status(self) -> int:
@@ -100,21 +198,76 @@ class AiohttpResponse:
 
     def release(self) -> None:
         self._response.release()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.give_back(self._holder)
 
 
 class AiohttpTransport:
-    """The default transport: the app's shared aiohttp ClientSession."""
+    """The default transport: the app's shared aiohttp ClientSession, with the pool
+    bounds the lean transport has (aiohttp's connector waits for a free connection
+    without a deadline, and lets one customer take every connection)."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        max_connections: int = 256,
+        pool_wait: float = 1.0,
+        max_per_holder: int = 256,
+    ) -> None:
         self._session = session
+        self._slots = Slots(max_connections)
+        self._pool_wait = pool_wait
+        self._holders = HolderSlots(max_per_holder)
 
     async def send(
-        self, method: str, url: URL, headers: Mapping[str, str], body: bytes | None
+        self,
+        method: str,
+        url: URL,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        holder: str = "",
     ) -> UpstreamResponse:
-        response = await self._session.request(
-            method, url, headers=headers, data=body, allow_redirects=False
-        )
-        return AiohttpResponse(response)
+        self._holders.take(holder)
+        try:
+            if not self._slots.take_now():
+                try:
+                    async with asyncio.timeout(self._pool_wait):
+                        await self._slots.take()
+                except TimeoutError:
+                    raise UpstreamBusy("no free upstream connection within pool_wait") from None
+        except BaseException:
+            self._holders.give(holder)
+            raise
+        try:
+            response = await self._session.request(
+                method, url, headers=headers, data=body, allow_redirects=False
+            )
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            self.give_back(holder)
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise
+            raise UpstreamReset("the upstream reset the connection") from exc
+        except BaseException:
+            self.give_back(holder)
+            raise
+        if _head_size(response) > MAX_RESPONSE_HEAD:
+            response.close()
+            self.give_back(holder)
+            raise UpstreamProtocolError("response head over the limit")
+        return AiohttpResponse(response, self, holder)
+
+    def give_back(self, holder: str) -> None:
+        self._slots.give()
+        self._holders.give(holder)
 
     async def close(self) -> None:
         return None  # the session belongs to the gateway, which closes it
+
+
+def _head_size(response: aiohttp.ClientResponse) -> int:
+    size = len(response.reason or "") + 16
+    for name, value in response.raw_headers:
+        size += len(name) + len(value) + 4
+    return size
