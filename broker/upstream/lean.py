@@ -25,7 +25,6 @@ from broker.upstream.transport import (
     IDEMPOTENT_METHODS,
     HolderSlots,
     Slots,
-    UpstreamBusy,
     UpstreamResponse,
     UpstreamUnreachable,
 )
@@ -128,11 +127,12 @@ class LeanTransport:
             raise UpstreamUnreachable("the upstream transport is closed")
         request = self._serialize(method, url, headers, body)
         self._holders.take(holder)
-        try:
-            await self._acquire_slot()
-        except BaseException:
-            self._holders.give(holder)
-            raise
+        if not self._slots.take_now():  # the usual case: a slot at once, no wait, no timer
+            try:
+                await self._slots.take_within(self._pool_wait)
+            except BaseException:
+                self._holders.give(holder)
+                raise
         try:
             conn = await self._exchange(method, request)
         except BaseException:
@@ -189,15 +189,6 @@ class LeanTransport:
         parts.append("\r\n")
         head = "".join(parts).encode("utf-8", "surrogateescape")
         return head + body if body else head
-
-    async def _acquire_slot(self) -> None:
-        if self._slots.take_now():
-            return  # the usual case: no wait, no timer
-        try:
-            async with asyncio.timeout(self._pool_wait):
-                await self._slots.take()
-        except TimeoutError:
-            raise UpstreamBusy("no free upstream connection within pool_wait") from None
 
     async def _exchange(self, method: str, request: bytes) -> UpstreamConnection:
         head_only = method == "HEAD"
