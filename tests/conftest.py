@@ -29,6 +29,7 @@ from broker.sandbox import SandboxSettings, create_sandbox_app
 from broker.web.app import create_app, runner_options
 from broker.web.runner import GatewayRunner
 from tests.helpers import API_KEY, Sandbox, auth, make_settings
+from tests.redis.processes import MISSING_REDIS, RedisServer, free_port, redis_executable
 
 BrokerClient = TestClient[web.Request, web.Application]
 MakeSandbox = Callable[..., Awaitable[Sandbox]]
@@ -185,3 +186,17 @@ def logs() -> Iterator[LogCapture]:
     yield LogCapture(stream)
     root.handlers[:], root.level = saved
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on loopback, shared by the tests that need one."""
+    executable = redis_executable()
+    if executable is None:
+        pytest.fail(MISSING_REDIS)
+    server = RedisServer(executable, free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -17,22 +17,9 @@ from redis.asyncio import Redis
 from broker.config.model import CacheSettings
 from broker.observability.metrics import Metrics
 from broker.redis.backend import RedisBackend, open_redis_backend
-from tests.redis.processes import MISSING_REDIS, RedisServer, free_port, redis_executable
+from tests.redis.processes import RedisServer
 
 MakeBackend = Callable[..., Awaitable[RedisBackend]]
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    executable = redis_executable()
-    if executable is None:
-        pytest.fail(MISSING_REDIS)
-    server = RedisServer(executable, free_port(), tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture

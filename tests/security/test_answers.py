@@ -3,6 +3,8 @@ Retry-After on every 429, no Referrer, and token answers no cache keeps."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpRawServer
@@ -11,6 +13,7 @@ from tests.conftest import MakeBroker, new_session
 from tests.helpers import API_KEY, Sandbox, auth
 from tests.security.conftest import hardened_settings
 
+RawHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 # These answers are forwarded: each runs on both upstream transports.
 BOTH_TRANSPORTS = pytest.mark.parametrize("transport", ["aiohttp", "lean"], indirect=True)
 LOUD_UPSTREAM_FIELDS = {
@@ -26,20 +29,16 @@ LOUD_UPSTREAM_FIELDS = {
 }
 
 
-def loud(sandbox: Sandbox, *, status: int | None = None) -> web.Application | object:
+def loud(sandbox: Sandbox, *, status: int | None = None) -> RawHandler:
+    """The sandbox's answers, with fields no browser should see on every checkout call."""
+
     async def upstream(request: web.BaseRequest) -> web.StreamResponse:
-        async with sandbox.http.request(
-            request.method,
-            sandbox.url.with_path(request.raw_path, encoded=True),
-            headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-            data=await request.read(),
-        ) as answer:
-            body = await answer.read()
-            headers = {"Content-Type": answer.headers.get("Content-Type", "application/json")}
-            if request.path.startswith("/checkout"):
-                headers |= LOUD_UPSTREAM_FIELDS
-                return web.Response(status=status or answer.status, body=body, headers=headers)
-            return web.Response(status=answer.status, body=body, headers=headers)
+        answer = await sandbox.delegate(request)
+        if request.path.startswith("/checkout"):
+            answer.headers.update(LOUD_UPSTREAM_FIELDS)
+            if status is not None:
+                answer.set_status(status)
+        return answer
 
     return upstream
 
@@ -48,7 +47,7 @@ def loud(sandbox: Sandbox, *, status: int | None = None) -> web.Application | ob
 async def test_only_allowlisted_upstream_fields_reach_the_browser(
     make_broker: MakeBroker, sandbox: Sandbox, aiohttp_raw_server: AiohttpRawServer
 ) -> None:
-    raw = await aiohttp_raw_server(loud(sandbox))  # type: ignore[arg-type]
+    raw = await aiohttp_raw_server(loud(sandbox))
     client = await make_broker(hardened_settings(raw.make_url("")))
     response = await client.get("/checkout/invoice", headers=auth(await new_session(client)))
     assert response.status == 200
@@ -66,7 +65,7 @@ async def test_only_allowlisted_upstream_fields_reach_the_browser(
 async def test_an_upstream_429_always_carries_retry_after(
     make_broker: MakeBroker, sandbox: Sandbox, aiohttp_raw_server: AiohttpRawServer
 ) -> None:
-    raw = await aiohttp_raw_server(loud(sandbox, status=429))  # type: ignore[arg-type]
+    raw = await aiohttp_raw_server(loud(sandbox, status=429))
     client = await make_broker(hardened_settings(raw.make_url("")))
     response = await client.get("/checkout/invoice", headers=auth(await new_session(client)))
     assert response.status == 429
