@@ -73,7 +73,9 @@ function showSession(state) {
 
 function tick() {
   if (session.expiresAt === null) return;
-  const left = Math.round(session.expiresAt - Date.now() / 1000);
+  // The broker refuses a session from its `exp` second on (leeway aside): say "expired"
+  // no earlier than that, and count the seconds left up, never down to a false 0.
+  const left = Math.ceil(session.expiresAt - Date.now() / 1000);
   const at = new Date(session.expiresAt * 1000).toLocaleTimeString();
   $("session-expiry").textContent =
     left > 0 ? `${at} (in ${left} s)` : `${at} (expired: the next SDK call gets 401)`;
