@@ -29,8 +29,12 @@ PACE_MS = 20
 VERIFY_PATH = "/checkout/preferences/theme"  # proxied by nginx to the sandbox, which checks
 VERIFY_CONNECTIONS, VERIFY_PACE_MS = 2, 50
 WARMUP_S = 4.0
-_LOOKUP = re.compile(r'^broker_token_lookups_total\{outcome="(\w+)",tier="checkout"\}$')
-_UNAUTHORIZED = re.compile(r'^broker_upstream_unauthorized_total\{result="(\w+)"\}$')
+_LOOKUP = re.compile(
+    r'^broker_token_lookups_total\{outcome="(\w+)",partner="[^"]+",tier="checkout"\}$'
+)
+_UNAUTHORIZED = re.compile(
+    r'^broker_upstream_unauthorized_total\{partner="[^"]+",result="(\w+)"\}$'
+)
 
 
 @dataclass(frozen=True)

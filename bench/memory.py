@@ -37,7 +37,9 @@ def _fill(broker: Server, start: int, count: int) -> dict[str, object]:
 
 
 def _entries(broker: Server) -> int:
-    return round(broker_metrics(broker).get("broker_token_cache_entries", float("nan")))
+    return round(
+        broker_metrics(broker).get('broker_token_cache_entries{partner="default"}', float("nan"))
+    )
 
 
 def run_memory(settings: RunSettings, progress: Callable[[str], None]) -> dict[str, object]:

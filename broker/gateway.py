@@ -1,203 +1,310 @@
-"""The gateway's long-lived collaborators, created once per app and closed with it."""
+"""The gateway's long-lived collaborators, created once per app and closed with it.
+
+What the configuration makes (session keys, API keys, CORS, limits, partner accounts)
+can be replaced while the gateway runs: ``reload`` builds the new set completely, then
+swaps it in between two requests. A request in flight keeps the objects it started
+with; a partner account that a reload replaced or removed is closed once such
+requests are done, and accounts a reload did not change are kept with their tokens.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import aiohttp
-
+from broker.accounts import Account, identity_of, open_account
 from broker.auth.identity import IdentityVerifier
 from broker.auth.ownership import Ownership
 from broker.auth.revocations import Revocations
-from broker.auth.sessions import ApiKeys, AuthFailure, Session, SessionAuthority
-from broker.config.model import Settings
+from broker.auth.sessions import (
+    ApiKeys,
+    AuthFailure,
+    Retired,
+    Session,
+    SessionAuthority,
+    key_id,
+)
+from broker.config.model import SessionSettings, Settings
 from broker.errors import BrokerError
 from broker.observability.logs import get_logger
 from broker.observability.metrics import Metrics
-from broker.proxy.allowlist import RouteTable
 from broker.proxy.cors import CorsPolicy
-from broker.proxy.forwarder import Forwarder
-from broker.proxy.targets import ProxyTargets
 from broker.proxy.throttle import TokenBuckets
-from broker.tokens.budget import RateBudget, SlidingWindowBudget
-from broker.tokens.checkout import CheckoutTokens
-from broker.tokens.partner import PartnerToken
-from broker.tokens.store import MemoryTokenStore, TokenStore
 from broker.upstream.calls import open_session
-from broker.upstream.lean import LeanTransport
-from broker.upstream.partner_api import PartnerApi
-from broker.upstream.transport import AiohttpTransport, UpstreamTransport
 
 if TYPE_CHECKING:
-    from broker.redis.backend import RedisBackend
+    import aiohttp
+
+    from broker.proxy.forwarder import Forwarder
+    from broker.proxy.targets import ProxyTargets
+    from broker.redis.reloads import ClusterReloads
+    from broker.tokens.store import TokenStore
 
 log = get_logger("broker.gateway")
 
+# What a reload cannot change: listeners, processes and what the app was built with.
+RESTART_ONLY = (
+    ("server", "host"),
+    ("server", "port"),
+    ("server", "workers"),
+    ("server", "shutdown_timeout"),
+    ("admin", "enabled"),
+    ("admin", "host"),
+    ("admin", "port"),
+    ("cache", "backend"),
+    ("cache", "redis_url"),
+    ("cache", "namespace"),
+    ("limits", "max_body_bytes"),
+    ("limits", "header_timeout"),
+    ("upstream", "proxy_prefixes"),
+)
+RESTART_ONLY_TOP = ("metrics_port", "log_format", "log_level")
+
+
+class ReloadRefused(Exception):
+    """The new configuration changes what only a restart can; ``problems`` says what."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
 
 @dataclass(frozen=True, slots=True)
-class Connected:
-    """What exists only while the app runs: the client session and the token tiers."""
+class ReloadOutcome:
+    """Per partner id: "kept", "updated" (credentials), "added", "replaced", "removed"."""
 
-    http: aiohttp.ClientSession
-    api: PartnerApi
-    partner: PartnerToken
-    tokens: CheckoutTokens
-    ownership: Ownership
-    transport: UpstreamTransport
-    forwarder: Forwarder
-    shared: RedisBackend | None = None  # with [cache] backend = "redis"
+    partners: dict[str, str]
+    signing_key_rotated: bool
+
+
+def restart_only_changes(running: Settings, new: Settings) -> list[str]:
+    problems = []
+    for section, name in RESTART_ONLY:
+        dotted = f"{section}.{name}"
+        attribute = "cache" if section == "cache" else section
+        before = getattr(getattr(running, attribute), name)
+        after = getattr(getattr(new, attribute), name)
+        if before != after:
+            problems.append(f"{dotted}: changed, which needs a restart (a reload cannot)")
+    for name in RESTART_ONLY_TOP:
+        if getattr(running, name) != getattr(new, name):
+            dotted = {"metrics_port": "metrics.port", "log_format": "logging.format",
+                      "log_level": "logging.level"}[name]  # fmt: skip
+            problems.append(f"{dotted}: changed, which needs a restart (a reload cannot)")
+    return problems
 
 
 class Gateway:
     """Stored once under ``gateway_key``; runtime state lives inside, never in app keys."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
         self.metrics = metrics
-        self.sessions = SessionAuthority(settings.sessions)
-        self.api_keys = ApiKeys(settings.sessions.api_keys)
-        self.cors = CorsPolicy(settings.cors)
-        # Every proxied URL starts with the origin: made once, not per request.
-        self.targets = ProxyTargets(
-            str(settings.upstream.base_url).rstrip("/"),
-            settings.upstream.proxy_prefixes,
-            RouteTable(settings.routes.allow, allow_any=settings.routes.allow_any),
-        )
-        limits = settings.limits
-        self.ip_throttle = TokenBuckets(limits.ip_requests_per_second, limits.ip_burst)
-        self.session_throttle = TokenBuckets(
-            limits.session_requests_per_second, limits.session_burst
-        )
-        self.init_throttle = TokenBuckets(limits.init_requests_per_second, limits.init_burst)
+        self.draining = False
         # Revoked sessions must stay refused for as long as they could be presented.
         self.revocations = Revocations(settings.sessions.ttl + settings.sessions.leeway)
-        self.identity = (
-            IdentityVerifier(settings.jwt_auth, lambda: self.connected.http)
-            if settings.jwt_auth.enabled
-            else None
-        )
-        self.draining = False
-        self._connected: Connected | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._accounts: dict[str, Account] = {}
+        self._first: Account | None = None
         self._warmup: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        # With Redis: how a reload here reaches the other replicas.
+        self.peers: ClusterReloads | None = None
+        self.settings = settings
+        self.sessions = SessionAuthority(settings.sessions)
+        self._configure(settings, None)
+
+    def _configure(self, settings: Settings, previous: Settings | None) -> None:
+        """What the configuration makes apart from the accounts; kept where unchanged
+        (a throttle keeps its buckets, the IdP verifier its JWKS)."""
+        self.settings = settings
+        self.api_keys = ApiKeys.of({p.id: p.api_keys for p in settings.partners})
+        self.admin_keys = ApiKeys((settings.admin.api_key,))
+        self.cors = CorsPolicy(settings.cors)
+        limits = settings.limits
+        if previous is None or previous.limits != limits:
+            self.ip_throttle = TokenBuckets(limits.ip_requests_per_second, limits.ip_burst)
+            self.session_throttle = TokenBuckets(
+                limits.session_requests_per_second, limits.session_burst
+            )
+            self.init_throttle = TokenBuckets(limits.init_requests_per_second, limits.init_burst)
+        if previous is None or previous.jwt_auth != settings.jwt_auth:
+            self.identity = (
+                IdentityVerifier(settings.jwt_auth, lambda: self.http)
+                if settings.jwt_auth.enabled
+                else None
+            )
 
     @property
-    def connected(self) -> Connected:
-        if self._connected is None:
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
             raise RuntimeError("the gateway is not started")
-        return self._connected
+        return self._http
 
-    # What handlers call: collaborators, each named, rather than the Connected record.
+    @property
+    def first(self) -> Account:
+        """The first configured partner account: the one browser-direct (IdP) sessions
+        belong to, and whose targets judge a proxied path before its session is known."""
+        if self._first is None:
+            raise RuntimeError("the gateway is not started")
+        return self._first
+
+    @property
+    def accounts(self) -> dict[str, Account]:
+        return self._accounts
+
+    def account(self, partner: str) -> Account:
+        """The account of a session's partner; 401 when it is configured no longer."""
+        account = self._accounts.get(partner)
+        if account is None:
+            raise AuthFailure("unknown_partner")
+        return account
+
+    # The first account's collaborators: what single-account callers name.
+    @property
+    def targets(self) -> ProxyTargets:
+        return self.first.targets
+
     @property
     def forwarder(self) -> Forwarder:
-        return self.connected.forwarder
+        return self.first.forwarder
 
     @property
     def ownership(self) -> Ownership:
-        return self.connected.ownership
+        return self.first.ownership
 
     @property
     def token_store(self) -> TokenStore:
-        return self.connected.tokens.store
+        return self.first.tokens.store
 
     async def start(self) -> None:
-        settings = self.settings.upstream
-        shared = await self._open_shared()
-        budget: RateBudget = (
-            SlidingWindowBudget(settings.rate_limit_per_second) if shared is None else shared.budget
-        )
-        http = open_session(settings)
-        api = PartnerApi(
-            http, settings, self.metrics, max_lifetime=self.settings.tokens.max_lifetime
-        )
-        partner = PartnerToken(
-            api,
-            budget,
-            self.metrics,
-            max_wait=settings.rate_limit_max_wait,
-            share=None if shared is None else shared.partner_cache,
-        )
-        tokens = CheckoutTokens(
-            coordinator=None if shared is None else shared.coordinator,
-            store=MemoryTokenStore(self.settings.tokens.max_entries),
-            api=api,
-            partner=partner,
-            budget=budget,
-            metrics=self.metrics,
-            refresh_margin=self.settings.tokens.refresh_margin,
-            max_wait=settings.rate_limit_max_wait,
-        )
-        tokens.start()
-        if shared is not None:
-            shared.on_eviction(tokens.evict_customer)
-        ownership = Ownership(
-            api,
-            partner,
-            budget,
-            ttl=self.settings.jwt_auth.ownership_cache_ttl,
-            max_wait=settings.rate_limit_max_wait,
-        )
-        transport: UpstreamTransport = (
-            LeanTransport(settings)
-            if settings.transport == "lean"
-            else AiohttpTransport(
-                http,
-                max_connections=settings.max_connections,
-                pool_wait=settings.pool_wait,
-                max_per_holder=settings.max_connections_per_customer,
-            )
-        )
-        self._connected = Connected(
-            http=http,
-            api=api,
-            partner=partner,
-            tokens=tokens,
-            ownership=ownership,
-            transport=transport,
-            forwarder=Forwarder(tokens, transport, self.metrics),
-            shared=shared,
-        )
-        # Fetch the partner token now so that readiness tells the truth from the start.
-        self._warmup = asyncio.get_running_loop().create_task(partner.probe())
+        self._http = open_session(self.settings.upstream)
+        try:
+            for partner in self.settings.partners:
+                self._accounts[partner.id] = await open_account(
+                    self.settings, partner, self._http, self.metrics
+                )
+        except BaseException:
+            await self.close()
+            raise
+        self._first = self._accounts[self.settings.partners[0].id]
+        if self.settings.cache.backend == "redis":
+            # Imported here: redis is an optional extra, needed only for this backend.
+            from broker.redis.reloads import ClusterReloads  # noqa: PLC0415
+
+            self.peers = await ClusterReloads.open(self.settings.cache, self.metrics)
+        # Fetch the partner tokens now so that readiness tells the truth from the start.
+        self._warmup = asyncio.get_running_loop().create_task(self._probe_all())
+
+    async def _probe_all(self) -> None:
+        await asyncio.gather(*(a.partner_token.probe() for a in self._accounts.values()))
 
     async def close(self) -> None:
         if self._warmup is not None:
             self._warmup.cancel()
             await asyncio.gather(self._warmup, return_exceptions=True)
-        if self._connected is not None:
-            await self._connected.tokens.close()
-            await self._connected.partner.close()
-            await self._connected.transport.close()
-            await self._connected.http.close()
-            if self._connected.shared is not None:
-                await self._connected.shared.close()
-            self._connected = None
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        for account in self._accounts.values():
+            await account.close()
+        if self.peers is not None:
+            await self.peers.close()
+            self.peers = None
+        self._accounts = {}
+        self._first = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
-    async def _open_shared(self) -> RedisBackend | None:
-        cache, upstream = self.settings.cache, self.settings.upstream
-        if cache.backend != "redis":
-            return None
-        # Imported here: redis is an optional extra, needed only for this backend.
-        from broker.redis.backend import open_redis_backend  # noqa: PLC0415
+    async def reload(self, settings: Settings) -> ReloadOutcome:
+        """Take *settings* (loaded and validated) for new requests; ReloadRefused when
+        it changes what needs a restart. Nothing changes unless everything could."""
+        if problems := restart_only_changes(self.settings, settings):
+            raise ReloadRefused(problems)
+        settings = keep_decrypting(settings, self.settings)
+        running = self._accounts
+        accounts: dict[str, Account] = {}
+        outcome: dict[str, str] = {}
+        opened: list[Account] = []
+        try:
+            for partner in settings.partners:
+                old = running.get(partner.id)
+                if old is not None and old.identity == identity_of(settings, partner):
+                    accounts[partner.id] = old
+                    outcome[partner.id] = "kept" if old.settings == partner else "updated"
+                    continue
+                account = await open_account(settings, partner, self.http, self.metrics)
+                opened.append(account)
+                accounts[partner.id] = account
+                outcome[partner.id] = "added" if old is None else "replaced"
+        except BaseException:
+            for account in opened:
+                await account.close()
+            raise
+        # From here on, no await: the swap happens between two requests.
+        for partner in settings.partners:
+            if outcome[partner.id] == "updated":
+                accounts[partner.id].adopt(partner)
+        retired = [a for pid, a in running.items() if accounts.get(pid) is not a]
+        for pid in running:
+            if pid not in accounts:
+                outcome[pid] = "removed"
+        rotated = self._rotate_sessions(settings)
+        self._configure(settings, self.settings)
+        self._accounts = accounts
+        self._first = accounts[settings.partners[0].id]
+        for account in retired:
+            self._retire(account, forget=account.id not in accounts)
+        for account in opened:
+            self._warm(account)
+        log.info("config_reloaded", partners=outcome, signing_key_rotated=rotated)
+        return ReloadOutcome(partners=outcome, signing_key_rotated=rotated)
 
-        return await open_redis_backend(
-            cache,
-            self.metrics,
-            rate=upstream.rate_limit_per_second,
-            refresh_margin=self.settings.tokens.refresh_margin,
-            mint_timeout=(
-                upstream.rate_limit_max_wait + upstream.connect_timeout + upstream.read_timeout
-            ),
-        )
+    def _rotate_sessions(self, settings: Settings) -> bool:
+        """A new session authority when the session settings changed; the keys the old
+        one verified keep verifying while sessions they signed can still be presented."""
+        before = self.settings.sessions
+        if before == settings.sessions:
+            return False
+        until = time.time() + before.ttl + before.leeway
+        retired: Retired = self.sessions.retiring(until)
+        self.sessions = SessionAuthority(settings.sessions, retired=retired)
+        return _kid(before) != _kid(settings.sessions)
+
+    def _retire(self, account: Account, *, forget: bool) -> None:
+        """Drop a replaced or removed account's tokens now; close it once requests that
+        started with it are done (a forwarded call is bounded by the read timeout)."""
+        dropped = account.tokens.evict_all()
+        log.info("partner_account_retired", partner=account.id, tokens_dropped=dropped)
+        if forget:
+            self.metrics.forget_partner(account.id)
+        upstream = self.settings.upstream
+        grace = upstream.pool_wait + upstream.connect_timeout + upstream.read_timeout
+
+        async def close_later() -> None:
+            await asyncio.sleep(grace)
+            await account.close()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def _warm(self, account: Account) -> None:
+        task = asyncio.get_running_loop().create_task(account.partner_token.probe())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def authenticate(self, token: str) -> Session:
         """The session behind a browser's bearer token, unless invalid or revoked."""
         session = self.sessions.verify(token)
+        account = self.account(session.partner)
         customer_id = session.key.customer_id
         if self.revocations.revoked(customer_id, session.issued_at):
             raise AuthFailure("revoked")
-        shared = None if self._connected is None else self._connected.shared
+        shared = account.shared
         if shared is not None:
             # Read on every request, so a revocation on any replica holds on the next one.
             before = await shared.revoked_before(customer_id)
@@ -206,36 +313,82 @@ class Gateway:
         return session
 
     async def revoke_customer(self, customer_id: str, before: float) -> int:
-        """Evict the customer's checkout JWTs and refuse their sessions issued so far."""
+        """Evict the customer's checkout JWTs and refuse their sessions issued so far,
+        in every partner account (a customer id names no partner)."""
         self.revocations.revoke(customer_id, before)
-        evicted = self.connected.tokens.evict_customer(customer_id)
-        shared = self.connected.shared
-        if shared is not None:
-            # Every replica; a ServiceUnavailable (503) tells the operator if not shared.
-            until = before + self.settings.sessions.ttl + self.settings.sessions.leeway
-            await shared.revoke_sessions(customer_id, before, until)
-            await shared.publish_eviction(customer_id)
+        evicted = 0
+        until = before + self.settings.sessions.ttl + self.settings.sessions.leeway
+        for account in self._accounts.values():
+            evicted += account.tokens.evict_customer(customer_id)
+            shared = account.shared
+            if shared is not None:
+                # Every replica; a ServiceUnavailable (503) tells the operator if not shared.
+                await shared.revoke_sessions(customer_id, before, until)
+                await shared.publish_eviction(customer_id)
         return evicted
 
     def readiness_notes(self) -> list[str]:
-        """What readiness should say about a mode that still serves (answered with 200)."""
-        shared = None if self._connected is None else self._connected.shared
-        note = None if shared is None else shared.health_note()
-        return [] if note is None else [note]
+        """What readiness should say about a mode that still serves (answered with 200):
+        Redis unreachable, a secondary credential in use, a partner not served now."""
+        notes = [a.readiness_note() for a in self._accounts.values()]
+        if len(self._accounts) == 1:  # the single account's notes, as they always read
+            return [note.split(": ", 1)[1] for note in notes if note is not None]
+        notes += [
+            f"partner {pid}: not served now (no partner token)"
+            for pid, account in self._accounts.items()
+            if not account.partner_token.has_valid_token()
+        ]
+        return [note for note in notes if note is not None]
 
     async def readiness_problems(self) -> list[str]:
-        """Why this instance should not get traffic now; empty when ready."""
+        """Why this instance should not get traffic now; empty when ready. With several
+        partners, one that cannot be served is a note: the others still are."""
         if self.draining:
             return ["shutting down"]
-        if self._connected is None:
+        if self._first is None:
             return ["not started"]
-        partner = self._connected.partner
-        await partner.probe()
-        if partner.has_valid_token():
-            return []
-        error = partner.last_error
-        if partner.credentials_rejected:
-            return ["partner credentials rejected by the upstream token endpoint"]
-        if isinstance(error, BrokerError):
-            return [f"partner token unavailable ({error.code})"]
-        return ["partner token not yet obtained"]
+        problems = {pid: await _problem(a) for pid, a in self._accounts.items()}
+        failing = {pid: problem for pid, problem in problems.items() if problem is not None}
+        if len(self._accounts) == 1:
+            return list(failing.values())
+        if len(failing) == len(self._accounts):
+            return [f"partner {pid}: {problem}" for pid, problem in failing.items()]
+        return []
+
+    def promote(self, partner: str, client_id: str) -> bool:
+        """Make *client_id* the partner's primary credential; False if it has none such."""
+        account = self._accounts.get(partner)
+        if account is None:
+            return False
+        promoted = account.api.promote(client_id)
+        if promoted:
+            log.warning("partner_credential_promoted", partner=partner, client_id=client_id)
+        return promoted
+
+
+async def _problem(account: Account) -> str | None:
+    partner = account.partner_token
+    await partner.probe()
+    if partner.has_valid_token():
+        return None
+    error = partner.last_error
+    if partner.credentials_rejected:
+        return "partner credentials rejected by the upstream token endpoint"
+    if isinstance(error, BrokerError):
+        return f"partner token unavailable ({error.code})"
+    return "partner token not yet obtained"
+
+
+def _kid(sessions: SessionSettings) -> str:
+    return key_id(sessions.signing_key.public_key())
+
+
+def keep_decrypting(settings: Settings, running: Settings) -> Settings:
+    """*settings*, whose cache also decrypts with the keys *running* encrypted with: a
+    reload that rotates ``cache.encryption_key`` keeps reading the tokens sealed before."""
+    keys = settings.cache.encryption_keys
+    old = [k for k in running.cache.encryption_keys if k not in keys]
+    if not old:
+        return settings
+    cache = dataclasses.replace(settings.cache, encryption_keys=(*keys, *old))
+    return dataclasses.replace(settings, cache=cache)

@@ -13,8 +13,9 @@ import hashlib
 import hmac
 import json
 import secrets
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,6 +29,10 @@ from broker.errors import Unauthenticated
 
 ALGORITHM = "ES256"
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "iat", "jti", "customer_id", "invoice_id")
+# The partner account a session belongs to; a token without it (issued before partners
+# existed) belongs to the single account, "default".
+PARTNER_CLAIM: Final = "partner"
+DEFAULT_PARTNER: Final = "default"
 # A session token is ~500 bytes; anything far larger is not ours and not worth parsing.
 MAX_TOKEN_LENGTH: Final = 4096
 VERIFIED_CACHE_SIZE = 100_000
@@ -39,6 +44,7 @@ class Session:
     these stay cached (the claims ``jti`` and ``client_id`` are checked, not kept)."""
 
     key: TokenKey
+    partner: str
     # The verified-cache key (BLAKE2b of the token): also names the session for the
     # per-session rate limit, one token one bucket, without keeping the jti string.
     digest: bytes
@@ -69,14 +75,24 @@ def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
     return _b64(hashlib.sha256(canonical.encode()).digest())
 
 
+# Keys a reload dropped from the configuration, by kid: (key, verified until when).
+Retired = Mapping[str, tuple[ec.EllipticCurvePublicKey, float]]
+
+
 class SessionAuthority:
-    """Issues and verifies session tokens; the first key signs, all keys verify."""
+    """Issues and verifies session tokens; the first key signs, all keys verify.
+
+    *retired*: keys an earlier configuration held and this one does not (a reload that
+    rotated the signing key): they keep verifying, and stay in the JWKS, until sessions
+    they signed have expired, so that a rotation never logs anyone out.
+    """
 
     def __init__(
         self,
         settings: SessionSettings,
         clock: Callable[[], float] = time.time,
         max_verified: int = VERIFIED_CACHE_SIZE,
+        retired: Retired | None = None,
     ) -> None:
         self._settings = settings
         self._clock = clock
@@ -84,12 +100,20 @@ class SessionAuthority:
         self._signing_kid = key_id(settings.signing_key.public_key())
         public_keys = [settings.signing_key.public_key(), *settings.verify_keys]
         self._verify_keys = {key_id(key): key for key in public_keys}
+        now = clock()
+        self._retired_until = {
+            kid: until
+            for kid, (key, until) in (retired or {}).items()
+            if kid not in self._verify_keys and now < until
+        }
+        for kid in self._retired_until:
+            self._verify_keys[kid] = (retired or {})[kid][0]
         # Verified claims by token digest, oldest first (sessions live alike, so that is
         # also soonest-expiring first); expiry is checked on every hit.
         self._verified: dict[bytes, Session] = {}
         self._verified_bound = max_verified
 
-    def issue(self, key: TokenKey, client_id: str) -> IssuedSession:
+    def issue(self, key: TokenKey, partner: str, client_id: str) -> IssuedSession:
         # Millisecond iat: a revocation "before now" must not catch a session issued
         # in the same second just after it.
         now = round(self._clock(), 3)
@@ -105,6 +129,8 @@ class SessionAuthority:
             "exp": expires_at,
             "jti": secrets.token_urlsafe(16),
         }
+        if partner != DEFAULT_PARTNER:  # the single account's tokens stay as they were
+            claims[PARTNER_CLAIM] = partner
         token = jwt.encode(
             claims, self._signing_key, algorithm=ALGORITHM, headers={"kid": self._signing_kid}
         )
@@ -132,8 +158,23 @@ class SessionAuthority:
     def jwks(self) -> dict[str, list[dict[str, str]]]:
         keys = []
         for kid, key in self._verify_keys.items():
+            if self._retired(kid):
+                continue
             keys.append({**_public_jwk_fields(key), "kid": kid, "alg": ALGORITHM, "use": "sig"})
         return {"keys": keys}
+
+    def retiring(self, until: float) -> dict[str, tuple[ec.EllipticCurvePublicKey, float]]:
+        """Every key that verifies now, to be kept until *until* by the authority a
+        reload makes (those it keeps configured it verifies anyway)."""
+        kept = {kid: (key, until) for kid, key in self._verify_keys.items()}
+        for kid, retired_until in self._retired_until.items():
+            kept[kid] = (self._verify_keys[kid], max(until, retired_until))
+        return {kid: kept[kid] for kid in kept if not self._retired(kid)}
+
+    def _retired(self, kid: str) -> bool:
+        """Whether *kid* was retired by a reload and its overlap is over."""
+        until = self._retired_until.get(kid)
+        return until is not None and self._clock() >= until
 
     def _verify_signature(self, token: str, digest: bytes) -> Session:
         if not canonical_compact_jws(token):
@@ -147,6 +188,8 @@ class SessionAuthority:
             raise AuthFailure("malformed") from None
         kid = header.get("kid")
         public_key = self._verify_keys.get(kid) if isinstance(kid, str) else None
+        if public_key is not None and self._retired(str(kid)):
+            public_key = None
         if header.get("alg") != ALGORITHM or public_key is None:
             raise AuthFailure("unknown_key")
         if "crit" in header or "jku" in header or "x5u" in header or "jwk" in header:
@@ -192,12 +235,14 @@ _BASE64URL: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 def _session_from_claims(claims: dict[str, object], digest: bytes) -> Session:
     customer_id, invoice_id = claims["customer_id"], claims["invoice_id"]
     client_id, jti = claims.get("client_id", ""), claims["jti"]
+    partner = claims.get(PARTNER_CLAIM, DEFAULT_PARTNER)
     iat, exp = claims["iat"], claims["exp"]
     if (
         not valid_id(customer_id)
         or not valid_id(invoice_id)
         or claims["sub"] != customer_id
         or not isinstance(client_id, str)
+        or not valid_id(partner)
         or not isinstance(jti, str)
         or isinstance(iat, bool)
         or not isinstance(iat, int | float)
@@ -207,6 +252,8 @@ def _session_from_claims(claims: dict[str, object], digest: bytes) -> Session:
         raise AuthFailure("invalid_claims")
     return Session(
         key=TokenKey(str(customer_id), str(invoice_id)),
+        # Interned: a hundred thousand cached sessions share one string per partner.
+        partner=sys.intern(str(partner)),
         digest=digest,
         issued_at=float(iat),
         expires_at=float(exp),
@@ -214,18 +261,31 @@ def _session_from_claims(claims: dict[str, object], digest: bytes) -> Session:
 
 
 class ApiKeys:
-    """The partner backends' API keys, compared in constant time."""
+    """API keys, each naming who holds it (a partner account), compared in constant time."""
 
-    def __init__(self, keys: tuple[str, ...]) -> None:
+    def __init__(self, keys: tuple[str, ...], holder: str = "") -> None:
         # Compare digests so that every comparison has the same length and cost.
-        self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
+        self._digests = [(hashlib.sha256(key.encode()).digest(), holder) for key in keys]
+
+    @classmethod
+    def of(cls, holders: dict[str, tuple[str, ...]]) -> ApiKeys:
+        """The keys of several holders: ``{holder: its keys}``."""
+        keys = cls(())
+        for holder, held in holders.items():
+            keys._digests.extend((hashlib.sha256(k.encode()).digest(), holder) for k in held)
+        return keys
+
+    def holder(self, presented: str) -> str | None:
+        """Who holds *presented*, or None when no one does."""
+        digest = hashlib.sha256(presented.encode()).digest()
+        found: str | None = None
+        for known, holder in self._digests:  # no early exit: timing tells no position
+            if hmac.compare_digest(digest, known):
+                found = holder
+        return found
 
     def check(self, presented: str) -> bool:
-        digest = hashlib.sha256(presented.encode()).digest()
-        matched = False
-        for known in self._digests:  # no early exit: timing says nothing about position
-            matched |= hmac.compare_digest(digest, known)
-        return matched
+        return self.holder(presented) is not None
 
 
 def _public_jwk_fields(key: ec.EllipticCurvePublicKey) -> dict[str, str]:

@@ -123,7 +123,10 @@ class Doctor:
 
     @property
     def api(self) -> PartnerApi:
-        return PartnerApi(self.http, self.settings.upstream, Metrics.create(CollectorRegistry()))
+        # The first partner account: the one a single-account configuration describes.
+        partner = self.settings.partners[0]
+        metrics = Metrics.create(CollectorRegistry())
+        return PartnerApi(self.http, self.settings.upstream, partner, metrics)
 
     async def run(self, out: Callable[[Result], None]) -> None:
         checks: dict[str, Callable[[], Awaitable[Result]]] = {

@@ -69,17 +69,18 @@ class Checker:
             self.path("upstream.proxy_prefixes", value)
         return tuple(values)
 
-    def base_url(self, value: str, allow_insecure_http: bool) -> URL:
+    def base_url(self, value: str, allow_insecure_http: bool, where: str = "upstream") -> URL:
+        name = f"{where}.base_url"
         url = URL(value)
         if url.scheme not in {"http", "https"} or not url.host:
-            self.problems.append(f"upstream.base_url: must be an http(s) URL, got {value!r}")
+            self.problems.append(f"{name}: must be an http(s) URL, got {value!r}")
         elif url.scheme == "http" and not allow_insecure_http:
             self.problems.append(
-                "upstream.base_url: https is required (set upstream.allow_insecure_http"
+                f"{name}: https is required (set upstream.allow_insecure_http"
                 " = true only for a local sandbox)"
             )
         if url.query_string or url.fragment or url.user or url.password:
-            self.problems.append("upstream.base_url: must not carry credentials or a query")
+            self.problems.append(f"{name}: must not carry credentials or a query")
         return url.with_path(url.path.rstrip("/"))
 
     def networks(self, name: str, values: list[str]) -> tuple[IpNetwork, ...]:
@@ -178,14 +179,12 @@ class Checker:
                 " chars)"
             )
 
-    def api_keys(self, values: list[str]) -> tuple[str, ...]:
+    def api_keys(self, values: list[str] | tuple[str, ...], where: str) -> tuple[str, ...]:
         if not values:
-            self.problems.append(
-                "sessions.api_keys: required (set sessions.api_keys or api_keys_file)"
-            )
+            self.problems.append(f"{where}: required (set {where} or api_keys_file)")
         if any(len(value) < MIN_API_KEY_LENGTH for value in values):
             self.problems.append(
-                f"sessions.api_keys: every key must be at least {MIN_API_KEY_LENGTH} characters"
+                f"{where}: every key must be at least {MIN_API_KEY_LENGTH} characters"
             )
         return tuple(values)
 

@@ -8,7 +8,9 @@ choices. ``SCHEMA``, the builder's checks of single keys and the tests that hold
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 CACHE_BACKENDS = ("memory", "redis")
 TRANSPORTS = ("aiohttp", "lean")
 _REDIS_URL = "redis://127.0.0.1:6379/0"
+# Without a [partners.<id>] table, [upstream] and [sessions] describe the one account.
+DEFAULT_PARTNER = "default"
+WITHOUT_PARTNERS = "without [partners]"
+# A partner id names metrics labels and Redis keys: short, lower case, no separators.
+PARTNER_ID = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 class ConfigError(Exception):
@@ -81,16 +88,14 @@ class UpstreamSettings:
         ),
         key(False, name="allow_insecure_http", doc="allow an http upstream (sandbox only)"),
     )
-    client_id: str = setting(
-        "", required=True, doc="partner OAuth client id", attribute_default=NO_DEFAULT
-    )
+    client_id: str = setting("", required=WITHOUT_PARTNERS, doc="partner OAuth client id")
     client_secret: str = setting(
-        "",
-        secret=True,
-        required=True,
-        doc="partner OAuth client secret",
-        attribute_default=NO_DEFAULT,
+        "", secret=True, required=WITHOUT_PARTNERS, doc="partner OAuth client secret"
     )
+    secondary_client_id: str = setting(
+        "", doc="a second credential, tried when the upstream rejects the first (rotation)"
+    )
+    secondary_client_secret: str = setting("", secret=True, doc="its secret")
     token_path: str = setting(
         "/oauth/token",
         parse=lambda check, value: check.path("upstream.token_path", value),
@@ -153,8 +158,7 @@ class SessionSettings:
     api_keys: tuple[str, ...] = setting(
         (),
         secret=True,
-        required=True,
-        parse=Checker.api_keys,
+        required=WITHOUT_PARTNERS,
         doc="keys the partner backend presents; or `api_keys_file`",
     )
     signing_key: ec.EllipticCurvePrivateKey = setting(  # noqa: RUF009 - as above
@@ -344,6 +348,64 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Credential:
+    """An OAuth client credential; its secret never in a repr."""
+
+    client_id: str
+    client_secret: str = dataclasses.field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartnerSettings:
+    """One partner account, ``[partners.<id>]``: its upstream, its OAuth credentials (a
+    secondary one for rotation), its rate budget and the partner-backend API keys that
+    select it. Without any such table, ``[upstream]`` and ``[sessions]`` make the one
+    account, ``default``: today's single-account configuration."""
+
+    SECTION: ClassVar[str] = "partners.<id>"
+
+    id: str = built(attribute_default=DEFAULT_PARTNER)  # the table's name
+    base_url: URL = built(  # noqa: RUF009 - a dataclasses.field with its key
+        key("", doc="its upstream (https); `upstream.base_url` when empty"),
+    )
+    client_id: str = setting(
+        "", required=True, doc="its OAuth client id", attribute_default=NO_DEFAULT
+    )
+    client_secret: str = setting(
+        "",
+        secret=True,
+        required=True,
+        doc="its OAuth client secret; or `client_secret_file`",
+        attribute_default=NO_DEFAULT,
+    )
+    secondary_client_id: str = setting("", doc="a second credential, tried when the first fails")
+    secondary_client_secret: str = setting("", secret=True, doc="its secret")
+    rate_limit_per_second: float = setting(
+        5.0,
+        minimum=0.01,
+        maximum=10_000,
+        doc="its budget for calls with its credentials (the vendor counts per key)",
+    )
+    api_keys: tuple[str, ...] = setting(
+        (),
+        secret=True,
+        required=True,
+        doc="partner-backend API keys that select it; or `api_keys_file`",
+    )
+
+    @property
+    def credentials(self) -> tuple[Credential, ...]:
+        """The primary credential, then the secondary one if configured."""
+        primary = Credential(client_id=self.client_id, client_secret=self.client_secret)
+        if not self.secondary_client_id:
+            return (primary,)
+        secondary = Credential(
+            client_id=self.secondary_client_id, client_secret=self.secondary_client_secret
+        )
+        return (primary, secondary)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings
@@ -375,9 +437,27 @@ class Settings:
         doc="0 = `/metrics` on the main port; else its own listener",
     )
     cache: CacheSettings = CacheSettings()
+    # The [partners.<id>] tables; none in a single-account configuration.
+    declared_partners: tuple[PartnerSettings, ...] = built(attribute_default=())
+
+    @property
+    def partners(self) -> tuple[PartnerSettings, ...]:
+        """The partner accounts: the declared ones, or the one [upstream] and [sessions]
+        make (derived each time, so a ``replace`` of either is seen)."""
+        if self.declared_partners:
+            return self.declared_partners
+        return (single_partner(self.upstream, self.sessions),)
+
+    def partner(self, partner_id: str) -> PartnerSettings | None:
+        for partner in self.partners:
+            if partner.id == partner_id:
+                return partner
+        return None
 
 
 SCHEMA: tuple[Key, ...] = schema(Settings)
+# The keys of one [partners.<id>] table, with "<id>" as its section's last part.
+PARTNER_SCHEMA: tuple[Key, ...] = schema(PartnerSettings)
 
 
 def load_settings(path: Path | None, environ: Mapping[str, str]) -> Settings:
@@ -391,28 +471,38 @@ def load_settings(path: Path | None, environ: Mapping[str, str]) -> Settings:
     problems: list[str] = []
     if path is not None:
         document, problems = read_document(path)
+    document, tables = _partner_tables(document, problems)
     raw = RawConfig(SCHEMA)
     raw.load(document, environ, _directory(path))
     problems.extend(raw.problems)
+    partners = [(partner_id, _partner_raw(partner_id, table, path)) for partner_id, table in tables]
+    for _, partner_raw in partners:
+        problems.extend(partner_raw.problems)
     if problems:  # wrong types make the semantic checks below meaningless
         raise ConfigError(problems)
-    return _build(raw, problems)
+    return _build(raw, partners, problems)
 
 
 def redacted_values(path: Path | None, environ: Mapping[str, str]) -> dict[str, Any]:
     """The effective configuration as nested dicts, with every secret redacted."""
     document = read_document(path)[0] if path is not None else {}
+    document, tables = _partner_tables(document, [])
     raw = RawConfig(SCHEMA)
     raw.load(document, environ, _directory(path))
     effective: dict[str, Any] = {}
-    for declared in SCHEMA:
-        value: object = raw.get(declared.dotted)
-        if declared.secret:
-            value = _redact(value)
-        section = effective
-        for part in declared.section.split("."):
-            section = section.setdefault(part, {})
-        section[declared.name] = value
+    sources: list[tuple[tuple[Key, ...], RawConfig]] = [(SCHEMA, raw)]
+    for partner_id, table in tables:
+        partner_raw = _partner_raw(partner_id, table, path)
+        sources.append((partner_raw.schema, partner_raw))
+    for keys, values in sources:
+        for declared in keys:
+            value: object = values.get(declared.dotted)
+            if declared.secret:
+                value = _redact(value)
+            section = effective
+            for part in declared.section.split("."):
+                section = section.setdefault(part, {})
+            section[declared.name] = value
     return effective
 
 
@@ -434,7 +524,131 @@ def _redact(value: object) -> object:
     return "<redacted>" if value else ""
 
 
-def _build(raw: RawConfig, problems: list[str]) -> Settings:
+def _partner_tables(
+    document: dict[str, Any], problems: list[str]
+) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """The document without its ``[partners]`` table, and that table's partners."""
+    if "partners" not in document:
+        return document, []
+    rest = {name: value for name, value in document.items() if name != "partners"}
+    declared = document["partners"]
+    if not isinstance(declared, dict) or not declared:
+        problems.append("[partners]: expected one [partners.<id>] table per partner account")
+        return rest, []
+    tables = []
+    for partner_id, table in declared.items():
+        if not PARTNER_ID.fullmatch(partner_id):
+            problems.append(
+                f"[partners.{partner_id}]: a partner id is 1-32 characters of a-z, 0-9, _"
+                " and -, starting with a letter"
+            )
+        elif not isinstance(table, dict):
+            problems.append(f"partners.{partner_id}: expected a table")
+        else:
+            tables.append((partner_id, table))
+    return rest, tables
+
+
+class _PartnerRaw(RawConfig):
+    """One partner's keys, from its table only: ids are the operator's words, so they
+    make no environment variable names (its secrets come from ``<key>_file`` paths)."""
+
+    def __init__(self, partner_id: str) -> None:
+        self.partner_id = partner_id
+        self.schema = tuple(
+            dataclasses.replace(k, section=f"partners.{partner_id}") for k in PARTNER_SCHEMA
+        )
+        super().__init__(self.schema)
+
+
+def _partner_raw(partner_id: str, table: dict[str, Any], path: Path | None) -> _PartnerRaw:
+    raw = _PartnerRaw(partner_id)
+    raw.load({"partners": {partner_id: table}}, {}, _directory(path))
+    return raw
+
+
+def _partner(
+    raw: _PartnerRaw, check: Checker, upstream_url: URL, insecure_http: bool
+) -> PartnerSettings:
+    where = f"partners.{raw.partner_id}"
+    url = raw.text(f"{where}.base_url")
+    partner = build(
+        PartnerSettings,
+        raw,
+        check,
+        id=raw.partner_id,
+        base_url=check.base_url(url, insecure_http, where=where) if url else upstream_url,
+    )
+    check.api_keys(partner.api_keys, f"{where}.api_keys")
+    if bool(partner.secondary_client_id) != bool(partner.secondary_client_secret):
+        check.problems.append(
+            f"{where}.secondary_client_id: give both it and secondary_client_secret, or neither"
+        )
+    return partner
+
+
+def _single_partner(
+    upstream: UpstreamSettings, sessions: SessionSettings, check: Checker
+) -> PartnerSettings:
+    """Today's configuration: one account, named ``default``, from [upstream]/[sessions]."""
+    for name, value in (
+        ("upstream.client_id", upstream.client_id),
+        ("upstream.client_secret", upstream.client_secret),
+    ):
+        if not value:
+            check.problems.append(f"{name}: required")
+    check.api_keys(sessions.api_keys, "sessions.api_keys")
+    if bool(upstream.secondary_client_id) != bool(upstream.secondary_client_secret):
+        check.problems.append(
+            "upstream.secondary_client_id: give both it and secondary_client_secret, or neither"
+        )
+    return single_partner(upstream, sessions)
+
+
+def single_partner(upstream: UpstreamSettings, sessions: SessionSettings) -> PartnerSettings:
+    return PartnerSettings(
+        id=DEFAULT_PARTNER,
+        base_url=upstream.base_url,
+        client_id=upstream.client_id,
+        client_secret=upstream.client_secret,
+        secondary_client_id=upstream.secondary_client_id,
+        secondary_client_secret=upstream.secondary_client_secret,
+        rate_limit_per_second=upstream.rate_limit_per_second,
+        api_keys=sessions.api_keys,
+    )
+
+
+def _check_partners(
+    partners: list[PartnerSettings],
+    upstream: UpstreamSettings,
+    sessions: SessionSettings,
+    check: Checker,
+) -> None:
+    for name, value in (
+        ("upstream.client_id", upstream.client_id),
+        ("upstream.client_secret", upstream.client_secret),
+        ("upstream.secondary_client_id", upstream.secondary_client_id),
+        ("sessions.api_keys", sessions.api_keys),
+    ):
+        if value:
+            check.problems.append(
+                f"{name}: with [partners.<id>] tables, each partner names its own (move it"
+                " into one of them)"
+            )
+    owners: dict[str, str] = {}
+    for partner in partners:
+        for api_key in partner.api_keys:
+            other = owners.setdefault(api_key, partner.id)
+            if other != partner.id:
+                check.problems.append(
+                    f"partners.{partner.id}.api_keys: a key of partners.{other} too (a key"
+                    " selects one partner)"
+                )
+
+
+def _build(
+    raw: RawConfig, declared: list[tuple[str, _PartnerRaw]], problems: list[str]
+) -> Settings:
     """Every key checked on its own by ``build``; here, what spans several keys."""
     check = Checker(problems)
     insecure_http = raw.flag("upstream.allow_insecure_http")
@@ -444,6 +658,15 @@ def _build(raw: RawConfig, problems: list[str]) -> Settings:
         check,
         base_url=check.base_url(raw.text("upstream.base_url"), insecure_http),
     )
+    sessions = build(SessionSettings, raw, check)
+    partners = [
+        _partner(partner_raw, check, upstream.base_url, insecure_http)
+        for _, partner_raw in declared
+    ]
+    if partners:
+        _check_partners(partners, upstream, sessions, check)
+    else:
+        partners = [_single_partner(upstream, sessions, check)]
     redis = raw.text("cache.backend") == "redis"
     cache = build(
         CacheSettings,
@@ -460,7 +683,15 @@ def _build(raw: RawConfig, problems: list[str]) -> Settings:
     admin = build(AdminSettings, raw, check)
     check.admin(admin)
     settings = build(
-        Settings, raw, check, upstream=upstream, cache=cache, jwt_auth=jwt_auth, admin=admin
+        Settings,
+        raw,
+        check,
+        upstream=upstream,
+        sessions=sessions,
+        cache=cache,
+        jwt_auth=jwt_auth,
+        admin=admin,
+        declared_partners=tuple(partners) if declared else (),
     )
     if problems:
         raise ConfigError(problems)

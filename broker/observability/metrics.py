@@ -1,11 +1,15 @@
 """Prometheus metrics, built on a registry the caller owns (never at import time).
 
 Labels are bounded by construction: routes by template, statuses by code, upstream
-calls by kind. No customer, invoice, path or token ever becomes a label value.
+calls by kind, partners by the configured ids. No customer, invoice, path or token ever
+becomes a label value. What a partner account does (its calls, tokens, budget) is
+counted through ``for_partner(id)``, which labels it ``partner``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +50,9 @@ class Metrics:
     credentials_rejected: Gauge
     redis_degraded: Gauge
     upstream_clock_skew: Gauge
+    credential_fallbacks: Counter
+    # The partner account whose work this view counts (``for_partner``).
+    partner: str = "default"
     # Bound children by label values: labels() costs a dict build per call, and every
     # request would pay it several times. The label sets are bounded.
     _children: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
@@ -84,39 +91,41 @@ class Metrics:
             upstream_requests=loop_counter(
                 "broker_upstream_requests_total",
                 "Calls to the upstream API by kind and status (or error class).",
-                ("kind", "status"),
+                ("partner", "kind", "status"),
             ),
             upstream_duration=loop_histogram(
                 "broker_upstream_request_duration_seconds",
                 "Upstream call time until response headers.",
-                ("kind",),
+                ("partner", "kind"),
                 LATENCY_BUCKETS,
             ),
             token_lookups=loop_counter(
                 "broker_token_lookups_total",
                 "Token lookups by tier and outcome.",
-                ("tier", "outcome"),
+                ("partner", "tier", "outcome"),
             ),
             mint_duration=histogram(
                 "broker_token_mint_duration_seconds",
                 "Time to obtain a new token, rate-budget wait included.",
-                ("tier",),
+                ("partner", "tier"),
                 LATENCY_BUCKETS,
             ),
             token_remaining=loop_histogram(
                 "broker_token_remaining_seconds",
                 "Lifetime left on a token when it is used.",
-                ("tier",),
+                ("partner", "tier"),
                 REMAINING_BUCKETS,
             ),
             upstream_unauthorized=counter(
                 "broker_upstream_unauthorized_total",
                 "Upstream 401s on forwarded calls, by whether a fresh token recovered.",
-                ("result",),
+                ("partner", "result"),
             ),
-            cache_entries=gauge("broker_token_cache_entries", "Checkout JWTs cached."),
+            cache_entries=gauge(
+                "broker_token_cache_entries", "Checkout JWTs cached.", ("partner",)
+            ),
             sessions_issued=counter(
-                "broker_sessions_issued_total", "Session tokens issued.", ("auth",)
+                "broker_sessions_issued_total", "Session tokens issued.", ("partner", "auth")
             ),
             auth_failures=counter(
                 "broker_auth_failures_total",
@@ -129,10 +138,12 @@ class Metrics:
             rate_budget_exhausted=counter(
                 "broker_rate_budget_exhausted_total",
                 "Partner calls refused because the per-second budget was used up.",
+                ("partner",),
             ),
             credentials_rejected=gauge(
                 "broker_partner_credentials_rejected",
                 "1 while the upstream rejects the partner OAuth credentials.",
+                ("partner",),
             ),
             redis_degraded=gauge(
                 "broker_redis_degraded",
@@ -141,6 +152,12 @@ class Metrics:
             upstream_clock_skew=gauge(
                 "broker_upstream_clock_skew_seconds",
                 "The upstream's clock minus this process's, as measured at the last mint.",
+                ("partner",),
+            ),
+            credential_fallbacks=counter(
+                "broker_partner_credential_fallbacks_total",
+                "OAuth fetches that fell back to the other configured credential.",
+                ("partner",),
             ),
         )
         metrics.build_info.labels(version=__version__).set(1)
@@ -157,17 +174,30 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def for_partner(self, partner: str) -> Metrics:
+        """This registry's metrics, counting for *partner* (a configured id)."""
+        return dataclasses.replace(self, partner=partner, _children={})
+
+    def forget_partner(self, partner: str) -> None:
+        """Drop the series of a partner that is no longer configured."""
+        for metric in (self.cache_entries, self.credentials_rejected, self.upstream_clock_skew):
+            with contextlib.suppress(KeyError):
+                metric.remove(partner)
+
     def upstream_done(self, kind: str, status: str, seconds: float) -> None:
         key = ("upstream", kind, status)
         children = self._children.get(key)
         if children is None:
+            partner = self.partner
             children = self._children[key] = (
-                self.upstream_requests.labels(kind=kind, status=status) if status else None,
-                self.upstream_duration.labels(kind=kind),
+                self.upstream_requests.labels(partner=partner, kind=kind, status=status)
+                if status
+                else None,
+                self.upstream_duration.labels(partner=partner, kind=kind),
             )
         if children[0] is not None:
             children[0].inc()
         children[1].observe(seconds)
 
     def track_cache_size(self, size: Callable[[], float]) -> None:
-        self.cache_entries.set_function(size)
+        self.cache_entries.labels(partner=self.partner).set_function(size)

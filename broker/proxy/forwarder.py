@@ -56,7 +56,9 @@ class Forwarder:
         lookup = await tokens.replace_rejected(key, lookup.token)
         upstream = await self._send(request, exchange, url, body, lookup.token.value, holder)
         result = "failed" if upstream.status == 401 else "recovered"
-        self._metrics.upstream_unauthorized.labels(result=result).inc()
+        self._metrics.upstream_unauthorized.labels(
+            partner=self._metrics.partner, result=result
+        ).inc()
         log.info("upstream_unauthorized_" + result, customer_id=key.customer_id)
         if upstream.status == 401:
             upstream.release()

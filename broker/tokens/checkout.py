@@ -99,11 +99,17 @@ class CheckoutTokens:
         self._wakeup = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._outcomes = {
-            outcome: metrics.token_lookups.labels(tier=TIER_CHECKOUT, outcome=outcome)
+            outcome: metrics.token_lookups.labels(
+                partner=metrics.partner, tier=TIER_CHECKOUT, outcome=outcome
+            )
             for outcome in (HIT, REFRESHED_AHEAD, MINTED, COALESCED, FAILED)
         }
-        self._remaining = metrics.token_remaining.labels(tier=TIER_CHECKOUT)
-        self._mint_duration = metrics.mint_duration.labels(tier=TIER_CHECKOUT)
+        self._remaining = metrics.token_remaining.labels(
+            partner=metrics.partner, tier=TIER_CHECKOUT
+        )
+        self._mint_duration = metrics.mint_duration.labels(
+            partner=metrics.partner, tier=TIER_CHECKOUT
+        )
         metrics.track_cache_size(lambda: len(store))
 
     @property
@@ -147,6 +153,13 @@ class CheckoutTokens:
         if current is not None and current is not rejected:
             return await self.get(key)  # another request already replaced it
         return await self.wait_for_mint(key)
+
+    def evict_all(self) -> int:
+        """Drop every cached token (the partner account is going away)."""
+        keys = [key for key, _ in self._store.items()]
+        for key in keys:
+            self._store.discard(key)
+        return len(keys)
 
     def evict_customer(self, customer_id: str) -> int:
         keys = self._store.keys_of_customer(customer_id)
@@ -256,7 +269,7 @@ class CheckoutTokens:
         if expires_at <= upstream_now:
             raise BadGateway("minted token is already expired by the upstream's clock")
         skew = upstream_now - received_at
-        self._metrics.upstream_clock_skew.set(skew)
+        self._metrics.upstream_clock_skew.labels(partner=self._metrics.partner).set(skew)
         if abs(skew) > SKEW_WARNING and abs(skew - self._warned_skew) > SKEW_WARNING:
             self._warned_skew = skew  # once per change, not once per mint
             log.warning("upstream_clock_skew", skew_s=round(skew, 1), hint="check NTP")
@@ -297,7 +310,7 @@ class CheckoutTokens:
                 self._budget.pause(retry_after)
                 log.warning("upstream_rate_limited", kind="mint", retry_after_s=retry_after)
                 if attempt == 2 or retry_after > deadline - self._clock():
-                    self._metrics.rate_budget_exhausted.inc()
+                    self._metrics.rate_budget_exhausted.labels(partner=self._metrics.partner).inc()
                     raise RateBudgetExhausted("upstream 429", retry_after=retry_after) from exc
             except TransientUpstreamError as exc:
                 pause = RETRY_PAUSE * (0.5 + random.random())  # noqa: S311 - spreading load
@@ -311,7 +324,7 @@ class CheckoutTokens:
         try:
             waited = await self._budget.acquire(max_wait)
         except RateBudgetExhausted:
-            self._metrics.rate_budget_exhausted.inc()
+            self._metrics.rate_budget_exhausted.labels(partner=self._metrics.partner).inc()
             log.warning("rate_budget_exhausted", kind="mint")
             raise
         if waited > 0:

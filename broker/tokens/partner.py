@@ -75,12 +75,18 @@ class PartnerToken:
         if self._token is not None and now < self._use_until:
             if now >= self._refresh_at and self._inflight is None:
                 self._start_fetch()  # renew in the background; this caller goes on
-            self._metrics.token_lookups.labels(tier=TIER_PARTNER, outcome="hit").inc()
-            self._metrics.token_remaining.labels(tier=TIER_PARTNER).observe(self._expires_at - now)
+            self._metrics.token_lookups.labels(
+                partner=self._metrics.partner, tier=TIER_PARTNER, outcome="hit"
+            ).inc()
+            self._metrics.token_remaining.labels(
+                partner=self._metrics.partner, tier=TIER_PARTNER
+            ).observe(self._expires_at - now)
             return self._token
         if self._inflight is None:
             if now < self._retry_not_before and self.last_error is not None:
-                self._metrics.token_lookups.labels(tier=TIER_PARTNER, outcome="failed").inc()
+                self._metrics.token_lookups.labels(
+                    partner=self._metrics.partner, tier=TIER_PARTNER, outcome="failed"
+                ).inc()
                 error = CredentialsRejected if self.credentials_rejected else ServiceUnavailable
                 raise error(
                     "partner token fetch backing off",
@@ -93,9 +99,13 @@ class PartnerToken:
         try:
             token = await asyncio.shield(task)
         except BrokerError:
-            self._metrics.token_lookups.labels(tier=TIER_PARTNER, outcome="failed").inc()
+            self._metrics.token_lookups.labels(
+                partner=self._metrics.partner, tier=TIER_PARTNER, outcome="failed"
+            ).inc()
             raise
-        self._metrics.token_lookups.labels(tier=TIER_PARTNER, outcome=outcome).inc()
+        self._metrics.token_lookups.labels(
+            partner=self._metrics.partner, tier=TIER_PARTNER, outcome=outcome
+        ).inc()
         return token
 
     def invalidate(self, token: str) -> None:
@@ -146,7 +156,26 @@ class PartnerToken:
 
     async def _fetch_upstream(self) -> OAuthToken:
         await self._budget.acquire(self._max_wait)
-        return await self._api.fetch_oauth_token()
+        api = self._api
+        try:
+            return await api.fetch_oauth_token()
+        except CredentialsRejected:
+            rejected = api.active_client_id
+            if not api.fall_back():
+                raise
+        # The account's other credential (rotation): a call of its own in the budget.
+        await self._budget.acquire(self._max_wait)
+        answer = await api.fetch_oauth_token()
+        self._metrics.credential_fallbacks.labels(partner=self._metrics.partner).inc()
+        log.warning(
+            "partner_credential_fallback",
+            partner=api.partner_id,
+            rejected_client_id=rejected,
+            client_id=api.active_client_id,
+            hint="the upstream refused a configured credential: make the one that works the"
+            " primary (`token-broker promote`, or the configuration and a reload)",
+        )
+        return answer
 
     def _record_success(self, answer: OAuthToken, started: float) -> None:
         now = self._clock()
@@ -160,8 +189,10 @@ class PartnerToken:
         self._failures = 0
         self._retry_not_before = 0.0
         self.last_error = None
-        self._metrics.credentials_rejected.set(0)
-        self._metrics.mint_duration.labels(tier=TIER_PARTNER).observe(now - started)
+        self._metrics.credentials_rejected.labels(partner=self._metrics.partner).set(0)
+        self._metrics.mint_duration.labels(
+            partner=self._metrics.partner, tier=TIER_PARTNER
+        ).observe(now - started)
         log.info("partner_token_fetched", expires_in=answer.expires_in)
 
     def _record_failure(self, exc: BrokerError) -> None:
@@ -170,13 +201,14 @@ class PartnerToken:
         self._retry_not_before = self._clock() + backoff
         self.last_error = exc
         if isinstance(exc, CredentialsRejected):
-            self._metrics.credentials_rejected.set(1)
+            self._metrics.credentials_rejected.labels(partner=self._metrics.partner).set(1)
             # Loud on purpose: nothing works until an operator fixes the credentials.
             log.error(
                 "partner_credentials_rejected",
                 detail=exc.detail,
                 retry_in_s=round(backoff, 1),
-                hint="check upstream.client_id / client_secret for this environment",
+                partner=self._api.partner_id,
+                hint="check the partner's client_id / client_secret for this environment",
             )
         else:
             log.warning(

@@ -91,10 +91,11 @@ class LeanTransport:
         self,
         settings: UpstreamSettings,
         *,
+        base_url: URL | None = None,
         ssl_context: ssl.SSLContext | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
-        base = settings.base_url
+        base = settings.base_url if base_url is None else base_url  # a partner's upstream
         host_field = base.host_port_subcomponent
         if base.raw_host is None or base.port is None or host_field is None:
             raise ValueError(f"upstream.base_url has no host or port: {base}")

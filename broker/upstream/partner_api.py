@@ -12,7 +12,7 @@ from typing import Any, TypeGuard
 import aiohttp
 from yarl import URL
 
-from broker.config.model import UpstreamSettings
+from broker.config.model import Credential, PartnerSettings, UpstreamSettings
 from broker.credentials import TokenKey, unverified_claims
 from broker.errors import (
     BadGateway,
@@ -89,27 +89,72 @@ class MintedToken:
 
 
 class PartnerApi:
-    """The upstream's partner endpoints, over the app's shared client session."""
+    """One partner account's endpoints upstream, over the app's shared client session.
+
+    The account may hold two OAuth credentials (rotation): the active one is used, and
+    ``fall_back`` switches to the other when the upstream rejects it. Tokens minted with
+    either are this partner's, so either client id is accepted in a minted token.
+    """
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         settings: UpstreamSettings,
+        partner: PartnerSettings,
         metrics: Metrics,
         *,
         max_lifetime: float = MAX_LIFETIME,
     ) -> None:
         self._session = session
-        self._client_id = settings.client_id
         self._max_lifetime = max_lifetime
         self._metrics = metrics
-        self._token_url = _join(settings.base_url, settings.token_path)
-        self._init_url = _join(settings.base_url, settings.checkout_init_path)
-        self._base_url = settings.base_url
-        self._basic = aiohttp.encode_basic_auth(settings.client_id, settings.client_secret)
+        self.partner_id = partner.id
+        self._token_url = _join(partner.base_url, settings.token_path)
+        self._init_url = _join(partner.base_url, settings.checkout_init_path)
+        self._base_url = partner.base_url
+        self._credentials: tuple[Credential, ...] = ()
+        self._active = 0
+        self.set_credentials(partner.credentials)
+
+    @property
+    def active_client_id(self) -> str:
+        return self._credentials[self._active].client_id
+
+    @property
+    def on_secondary(self) -> bool:
+        """Whether the credential in use is not the first configured one."""
+        return self._active != 0
+
+    def set_credentials(self, credentials: tuple[Credential, ...]) -> None:
+        """Use *credentials* from now on (a reload); the active one stays active if it is
+        still configured, else the first is."""
+        active = self.active_client_id if self._credentials else None
+        self._credentials = credentials
+        ids = [credential.client_id for credential in credentials]
+        self._active = ids.index(active) if active in ids else 0
+        self._client_ids = frozenset(ids)
+
+    def fall_back(self) -> bool:
+        """Switch to the other configured credential; False when there is none."""
+        if len(self._credentials) < 2:
+            return False
+        self._active = (self._active + 1) % len(self._credentials)
+        return True
+
+    def promote(self, client_id: str) -> bool:
+        """Make *client_id*'s credential the primary one, in use from now on (until a
+        reload reads the configured order again); False if none is configured."""
+        chosen = [c for c in self._credentials if c.client_id == client_id]
+        if not chosen:
+            return False
+        self._credentials = (*chosen, *(c for c in self._credentials if c not in chosen))
+        self._active = 0
+        return True
 
     async def fetch_oauth_token(self) -> OAuthToken:
-        headers = _headers(self._basic, "application/x-www-form-urlencoded")
+        credential = self._credentials[self._active]
+        basic = aiohttp.encode_basic_auth(credential.client_id, credential.client_secret)
+        headers = _headers(basic, "application/x-www-form-urlencoded")
         form = b"grant_type=client_credentials"
         async with (
             UpstreamCall(self._metrics, "oauth") as record,
@@ -181,11 +226,12 @@ class PartnerApi:
     ) -> float | None:
         """Refuse a token minted for another partner client, customer or invoice; the
         upstream's clock from ``iat`` when it is a finite number."""
-        for claim, expected in (
-            ("client_id", self._client_id),
-            ("customer_id", key.customer_id),
-            ("invoice_id", key.invoice_id),
-        ):
+        if "client_id" in claims and claims["client_id"] not in self._client_ids:
+            log.error(
+                "checkout_token_mismatch", partner=self.partner_id, key=str(key), claim="client_id"
+            )
+            raise TokenMismatch("minted token carries another client_id")
+        for claim, expected in (("customer_id", key.customer_id), ("invoice_id", key.invoice_id)):
             if claim in claims and claims[claim] != expected:
                 log.error("checkout_token_mismatch", key=str(key), claim=claim)
                 raise TokenMismatch(f"minted token carries another {claim}")

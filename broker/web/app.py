@@ -10,7 +10,6 @@ from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from broker.auth.sessions import ApiKeys
 from broker.config.model import Settings
 from broker.gateway import Gateway
 from broker.observability.metrics import Metrics
@@ -18,7 +17,8 @@ from broker.proxy.finishing import finish_headers
 from broker.web import admin, handlers
 from broker.web.access_log import AccessLogger
 from broker.web.front_door import GET_HEAD, FrontDoor, add_routes, add_unmatched
-from broker.web.keys import admin_key_key, gateway_key, registry_key
+from broker.web.keys import gateway_key, registry_key, reloader_key
+from broker.web.reloading import LoadSettings, Reloader
 
 SESSION_INIT_PATHS = ("/v1/checkout-auth/init", "/checkout-auth/init")
 
@@ -28,12 +28,15 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     serve_metrics: bool = True,
+    load: LoadSettings | None = None,
 ) -> web.Application:
+    """The public app. *load*: how to read the configuration again (a reload)."""
     registry = registry if registry is not None else CollectorRegistry()
     gateway = Gateway(settings, Metrics.create(registry))
     app = web.Application(client_max_size=settings.limits.max_body_bytes)
     app[gateway_key] = gateway
     app[registry_key] = registry
+    app[reloader_key] = Reloader(gateway, load)
     app.cleanup_ctx.append(_gateway_lifetime)
     app.on_shutdown.append(_stop_being_ready)
 
@@ -71,16 +74,20 @@ def runner_options(settings: Settings) -> dict[str, Any]:
 
 
 def create_admin_app(main: web.Application) -> web.Application:
-    """A separate application sharing *main*'s gateway (tokens, revocations)."""
+    """A separate application sharing *main*'s gateway (tokens, revocations, reloads)."""
     gateway = main[gateway_key]
     app = web.Application()
     app[gateway_key] = gateway
-    app[admin_key_key] = ApiKeys((gateway.settings.admin.api_key,))
+    app[reloader_key] = main[reloader_key]
     path = "/admin/v1/customers/{customer_id}/tokens"
     door = FrontDoor(gateway, public=False)
     door.guard(app)
-    add_routes(app.router, door, GET_HEAD, path, admin.customer_tokens)
-    add_routes(app.router, door, (hdrs.METH_DELETE,), path, admin.revoke_customer)
+    router, post = app.router, (hdrs.METH_POST,)
+    add_routes(router, door, GET_HEAD, path, admin.customer_tokens)
+    add_routes(router, door, (hdrs.METH_DELETE,), path, admin.revoke_customer)
+    add_routes(router, door, GET_HEAD, "/admin/v1/partners", admin.partners)
+    add_routes(router, door, post, "/admin/v1/partners/{partner}/promote", admin.promote)
+    add_routes(router, door, post, "/admin/v1/reload", admin.reload)
     add_unmatched(app.router, door)
     return app
 
@@ -100,6 +107,7 @@ async def _name_the_server(request: web.Request, response: web.StreamResponse) -
 async def _gateway_lifetime(app: web.Application) -> AsyncIterator[None]:
     gateway = app[gateway_key]
     await gateway.start()
+    app[reloader_key].attach_peers()
     yield
     await gateway.close()
 

@@ -77,13 +77,14 @@ async def issue_session(request: web.Request) -> web.Response:
     """``POST /v1/checkout-auth/init``: a partner backend (API key) or a browser (IdP JWT)."""
     gateway = request.app[gateway_key]
     credential = bearer_token(request)
-    is_partner_backend = gateway.api_keys.check(credential)
-    if not is_partner_backend:
+    # The API key names the partner account; an IdP caller belongs to the first.
+    partner = gateway.api_keys.holder(credential)
+    if partner is None:
         # Browsers and key guessers are limited per IP; a partner backend issues
         # sessions for all its users from a few addresses, so its key is not.
         gateway.init_throttle.take(remote_address(request, gateway))
     customer_id, invoice_id = await _read_ids(request)
-    if is_partner_backend:
+    if partner is not None:
         auth = "api_key"
         if customer_id is None:
             raise BadRequest("invalid customer id")
@@ -93,14 +94,16 @@ async def issue_session(request: web.Request) -> web.Response:
         if customer_id is not None and customer_id != caller:
             raise NotFound("body customer_id is not the caller's")
         customer_id = caller
-        await gateway.ownership.require_owner(invoice_id, caller)
+        await gateway.first.ownership.require_owner(invoice_id, caller)
+        partner = gateway.first.id
     else:
         raise AuthFailure("unknown_api_key")
+    account = gateway.account(partner)
     key = TokenKey(customer_id, invoice_id)
     exchange = request[exchange_key]
     exchange.customer_id, exchange.invoice_id = key
-    issued = gateway.sessions.issue(key, client_id=gateway.settings.upstream.client_id)
-    gateway.metrics.sessions_issued.labels(auth=auth).inc()
+    issued = gateway.sessions.issue(key, partner=account.id, client_id=account.api.active_client_id)
+    account.metrics.sessions_issued.labels(partner=account.id, auth=auth).inc()
     body = {"token": issued.token, "expires_at": issued.expires_at}
     return web.json_response(body, headers=TOKEN_ANSWER)
 
@@ -143,8 +146,13 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     """Verify the session, swap in the checkout JWT, forward, stream the answer back.
     Routed bound to its gateway (``functools.partial``): no app lookup per request."""
     exchange = request[exchange_key]
-    url = gateway.targets.upstream_url(request.method, request.raw_path)
+    # Judged before the session is known: a bad path is refused whoever asks.
+    first = gateway.first
+    url = first.targets.upstream_url(request.method, request.raw_path)
     session = await gateway.authenticate(bearer_token(request))
+    account = gateway.account(session.partner)
+    if account is not first:  # another partner's upstream: its own URL (memoised too)
+        url = account.targets.upstream_url(request.method, request.raw_path)
     exchange.customer_id, exchange.invoice_id = session.key
     gateway.session_throttle.take(session.digest)
     limits = gateway.settings.limits
@@ -154,7 +162,7 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
         if request.body_exists
         else None
     )
-    upstream = await gateway.forwarder.forward(request, exchange, session.key, url, body)
+    upstream = await account.forwarder.forward(request, exchange, session.key, url, body)
     try:
         if 300 <= upstream.status < 400:
             raise BadGateway(f"upstream redirected ({upstream.status})")

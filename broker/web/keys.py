@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from broker.auth.sessions import ApiKeys
 from broker.gateway import Gateway
 from broker.observability.exchange import Exchange
+from broker.web.reloading import Reloader
 
 gateway_key = web.AppKey("gateway", Gateway)
 registry_key = web.AppKey("registry", CollectorRegistry)
-admin_key_key = web.AppKey("admin_key", ApiKeys)
+reloader_key = web.AppKey("reloader", Reloader)
 exchange_key = web.RequestKey("exchange", Exchange)

@@ -22,7 +22,8 @@ from broker.observability.logs import configure_logging, get_logger
 from broker.web import listen_file
 from broker.web.access_log import AccessLogger
 from broker.web.app import create_admin_app, create_app, create_metrics_app, runner_options
-from broker.web.keys import gateway_key
+from broker.web.keys import gateway_key, reloader_key
+from broker.web.reloading import LoadSettings
 from broker.web.runner import GatewayRunner
 
 log = get_logger("broker.web.server")
@@ -36,16 +37,20 @@ async def serve(
     reuse_port: bool = False,
     on_started: OnStarted | None = None,
     listeners: dict[str, list[socket.socket]] | None = None,
+    load: LoadSettings | None = None,
+    in_worker: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain: not ready first, then stop listening.
+    SIGHUP reloads the configuration from *load* (see ``broker.web.reloading``).
 
     Every listener is bound before the app starts (its token fetch, its client
     session): an address in use raises CannotListen with nothing begun. *listeners*:
-    already bound by the caller (``bind_listeners``), who had more to start."""
+    already bound by the caller (``bind_listeners``), who had more to start.
+    *in_worker*: one of ``run``'s worker processes, whose parent passes SIGHUP on."""
     if listeners is None:
         listeners = bind_listeners(settings, reuse_port=reuse_port)
     try:
-        runners, urls = await _start(settings, listeners)
+        runners, urls = await _start(settings, listeners, load)
     except BaseException:
         for sockets in listeners.values():
             listen.close(sockets)
@@ -57,6 +62,18 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloader = app[reloader_key]
+    if in_worker:
+        # An admin reload reaches this worker only: the parent tells the others.
+        reloader.siblings = lambda: os.kill(os.getppid(), signal.SIGHUP)
+    reloads: set[asyncio.Task[object]] = set()
+
+    def reload_on_signal() -> None:
+        task = loop.create_task(reloader.reload("sighup"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_on_signal)
     log.info(
         "broker_started",
         version=__version__,
@@ -101,12 +118,12 @@ def bind_listeners(settings: Settings, *, reuse_port: bool) -> dict[str, list[so
 
 
 async def _start(
-    settings: Settings, listeners: dict[str, list[socket.socket]]
+    settings: Settings, listeners: dict[str, list[socket.socket]], load: LoadSettings | None
 ) -> tuple[list[GatewayRunner], list[str]]:
     """The app and a runner per listener, serving on *listeners*' sockets."""
     registry = prometheus_client.REGISTRY  # keeps the default process/GC collectors
     separate_metrics = "metrics" in listeners
-    app = create_app(settings, registry=registry, serve_metrics=not separate_metrics)
+    app = create_app(settings, registry=registry, serve_metrics=not separate_metrics, load=load)
     runners = [GatewayRunner(app, **runner_options(settings))]
     if separate_metrics:
         runners.append(GatewayRunner(create_metrics_app(registry), access_log=None))
@@ -156,9 +173,6 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
-LoadSettings = Callable[[], Settings]
-
-
 def run(load: LoadSettings, workers: int) -> None:
     """Run in this process, or in *workers* processes sharing the port (SO_REUSEPORT).
 
@@ -166,7 +180,7 @@ def run(load: LoadSettings, workers: int) -> None:
     one): each worker loads the settings itself, since key objects do not pickle.
     """
     if workers <= 1:
-        run_loop(serve(load()))
+        run_loop(serve(load(), load=load))
         return
     # Every worker binds with SO_REUSEPORT; an address taken by another program is
     # found here, once, rather than by each worker.
@@ -184,6 +198,7 @@ def run(load: LoadSettings, workers: int) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads its own configuration
     for process in processes:
         process.join()
     failed = [p.exitcode for p in processes if p.exitcode]
@@ -196,7 +211,7 @@ def _worker(load: LoadSettings) -> None:
     settings = load()
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     try:
-        run_loop(serve(settings, reuse_port=True))
+        run_loop(serve(settings, reuse_port=True, load=load, in_worker=True))
     except listen.CannotListen as exc:  # taken since the parent's check: rare
         log.error("cannot_listen", address=exc.address.shown, reason=exc.reason)  # noqa: TRY400 - one line, no traceback
         raise SystemExit(exc.exit_code) from None

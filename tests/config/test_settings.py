@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from broker.config.model import (
+    PARTNER_SCHEMA,
     SCHEMA,
     AdminSettings,
     CacheSettings,
@@ -193,12 +194,14 @@ def shown_default(key: Key) -> str:
 def test_the_readme_table_documents_every_declared_key_as_declared() -> None:
     rows = readme_table()
     assert all(len(row) == 4 for row in rows), [row for row in rows if len(row) != 4]
-    # Every declared key once, and no other.
-    assert sorted(row[0] for row in rows) == sorted(f"`{key.dotted}`" for key in SCHEMA)
-    declared = {f"`{key.dotted}`": key for key in SCHEMA}
+    # Every declared key once, and no other; a partner's keys have no variable.
+    keys = (*SCHEMA, *PARTNER_SCHEMA)
+    assert sorted(row[0] for row in rows) == sorted(f"`{key.dotted}`" for key in keys)
+    declared = {f"`{key.dotted}`": key for key in keys}
     for name, env, default, meaning in rows:
         key = declared[name]
-        expected = (f"`{key.env_name}`", shown_default(key), key.doc)
+        variable = "—" if key in PARTNER_SCHEMA else f"`{key.env_name}`"
+        expected = (variable, shown_default(key), key.doc)
         assert (env, default, meaning) == expected, key.dotted
 
 

@@ -158,8 +158,14 @@ async def init_with_idp(
 
 
 def sample(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
-    value = registry.get_sample_value(name, labels or {})
-    return 0.0 if value is None else value
+    """The sum of *name*'s samples that carry *labels* (whatever their other labels)."""
+    wanted = (labels or {}).items()
+    return sum(
+        s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        if s.name == name and wanted <= s.labels.items()
+    )
 
 
 # -- what reached the sandbox ---------------------------------------------------------

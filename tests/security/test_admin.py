@@ -163,7 +163,8 @@ async def test_admin_get_shows_metadata_and_never_a_token(
     assert sorted(t["invoice_id"] for t in body["tokens"]) == ["inv_alice_1", "inv_alice_2"]
     now = time.time()
     for entry in body["tokens"]:
-        assert set(entry) == {"invoice_id", "expires_at", "age_s", "fingerprint"}
+        assert set(entry) == {"partner", "invoice_id", "expires_at", "age_s", "fingerprint"}
+        assert entry["partner"] == "default"
         assert re.fullmatch(r"[0-9a-f]{12}", entry["fingerprint"])
         assert now < entry["expires_at"] < now + 3600
         assert 0 <= entry["age_s"] < 60

@@ -34,6 +34,7 @@ from typing import Any, ParamSpec
 import jwt
 from prometheus_client import CollectorRegistry
 
+from broker.config.model import Credential
 from broker.credentials import TokenKey
 from broker.errors import BrokerError, CredentialsRejected
 from broker.observability.metrics import Metrics
@@ -160,6 +161,10 @@ class FakePartnerApi(PartnerApi):
         # Not PartnerApi.__init__: no HTTP session, no URLs; only the interface is kept
         # (a subclass, so that the compiled CheckoutTokens accepts it as its api).
         self._clock = clock
+        self.partner_id = "default"
+        self._credentials = (Credential(client_id="fake-client", client_secret="fake-secret"),)
+        self._active = 0
+        self._client_ids = frozenset({"fake-client"})
         self.token_ttl = token_ttl
         self.oauth_ttl = oauth_ttl
         self.reject_credentials = False
@@ -230,12 +235,13 @@ class TokenTier:
 
     def lookups(self, outcome: str) -> float:
         value = self.registry.get_sample_value(
-            "broker_token_lookups_total", {"tier": "checkout", "outcome": outcome}
+            "broker_token_lookups_total",
+            {"partner": "default", "tier": "checkout", "outcome": outcome},
         )
         return value or 0.0
 
     def cache_entries(self) -> float | None:
-        return self.registry.get_sample_value("broker_token_cache_entries")
+        return self.registry.get_sample_value("broker_token_cache_entries", {"partner": "default"})
 
     async def forward(self, key: TokenKey) -> int:
         """What a forwarded call for *key* gets: the upstream's status for the token the

@@ -22,7 +22,7 @@ KEY = TokenKey("cus_alice", "inv_alice_1")
 
 def lookups(registry: CollectorRegistry, outcome: str) -> float:
     value = registry.get_sample_value(
-        "broker_token_lookups_total", {"tier": "checkout", "outcome": outcome}
+        "broker_token_lookups_total", {"partner": "default", "tier": "checkout", "outcome": outcome}
     )
     return value or 0.0
 

@@ -103,7 +103,9 @@ def test_the_verified_session_cache_is_bounded() -> None:
     authority = SessionAuthority(
         SessionSettings(signing_key=ec.generate_private_key(ec.SECP256R1())), max_verified=64
     )
-    tokens = [authority.issue(key(n), client_id="client").token for n in range(100)]
+    tokens = [
+        authority.issue(key(n), partner="default", client_id="client").token for n in range(100)
+    ]
     for token_ in tokens:
         assert authority.verify(token_).key == key(tokens.index(token_))
     assert len(authority._verified) <= 64

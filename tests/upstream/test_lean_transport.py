@@ -991,7 +991,7 @@ async def test_the_gateway_builds_the_configured_transport(
     make_broker: MakeBroker, sandbox: Sandbox, transport: str
 ) -> None:
     client = await make_broker(make_settings(sandbox.url))
-    built = client.app[gateway_key].connected.transport
+    built = client.app[gateway_key].first.transport
     assert type(built) is (LeanTransport if transport == "lean" else AiohttpTransport)
 
 
