@@ -124,7 +124,7 @@ def identity_of(settings: Settings, partner: PartnerSettings) -> tuple[object, .
         settings.tokens,
         settings.cache,
         settings.jwt_auth.ownership_cache_ttl,
-        len(settings.partners) == 1,
+        redis_namespace(settings, partner),
     )
 
 

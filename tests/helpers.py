@@ -140,6 +140,14 @@ class Sandbox:
         async with self.http.post(self.url.with_path(path), json=body) as response:
             assert response.status == 200, await response.text()
 
+    async def put(self, path: str, body: dict[str, Any]) -> None:
+        async with self.http.put(self.url.with_path(path), json=body) as response:
+            assert response.status == 200, await response.text()
+
+    async def delete(self, path: str) -> None:
+        async with self.http.delete(self.url.with_path(path)) as response:
+            assert response.status == 200, await response.text()
+
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

@@ -56,6 +56,9 @@ def create_sandbox_app(settings: SandboxSettings) -> web.Application:
         ("POST", "faults", control.set_faults),
         ("POST", "revoke", control.revoke),
         ("POST", "invoices", control.put_invoice),
+        ("GET", "clients", control.clients),
+        ("PUT", "clients/{client_id}", control.put_client),
+        ("DELETE", "clients/{client_id}", control.delete_client),
     )
     for method, name, handler in control_routes:
         add(method, CONTROL_PREFIX + name, handler)

@@ -42,14 +42,17 @@ class TokenRejected(Exception):
 class CheckoutTokens:
     """Times are unix seconds (``time.time()``), the clock JWT claims are written in."""
 
-    def __init__(self, *, secret: bytes, partner_id: str, client_id: str, ttl: float) -> None:
+    def __init__(self, *, secret: bytes, partner_id: str, client_ids: set[str], ttl: float) -> None:
         self._secret = secret
         self._partner_id = partner_id
-        self._client_id = client_id
+        # The partner's clients, as PartnerCredentials keeps them (shared, not copied).
+        self._client_ids = client_ids
         self._ttl = ttl
         self._revoked_before: dict[tuple[str, str], float] = {}
 
-    def mint(self, customer_id: str, invoice_id: str, now: float) -> tuple[str, CheckoutGrant]:
+    def mint(
+        self, customer_id: str, invoice_id: str, now: float, client_id: str
+    ) -> tuple[str, CheckoutGrant]:
         # exp stays fractional (RFC 7519 NumericDate allows it): rounding to whole
         # seconds would either outlive the TTL or cost a short token up to a second.
         grant = CheckoutGrant(
@@ -61,7 +64,7 @@ class CheckoutTokens:
         )
         claims = {
             "partner_id": self._partner_id,
-            "client_id": self._client_id,
+            "client_id": client_id,
             "customer_id": customer_id,
             "invoice_id": invoice_id,
             "iat": grant.issued_at,
@@ -83,10 +86,7 @@ class CheckoutTokens:
         except jwt.InvalidTokenError as exc:
             raise TokenRejected(Rejection.MALFORMED) from exc
         grant = _grant(claims)
-        if (claims["partner_id"], claims["client_id"]) != (
-            self._partner_id,
-            self._client_id,
-        ):
+        if claims["partner_id"] != self._partner_id or claims["client_id"] not in self._client_ids:
             raise TokenRejected(Rejection.FOREIGN)
         if grant.expires_at <= now:
             raise TokenRejected(Rejection.EXPIRED)

@@ -33,7 +33,7 @@ class SandboxState:
         self.checkout_tokens = CheckoutTokens(
             secret=settings.signing_secret,
             partner_id=settings.partner_id,
-            client_id=settings.client_id,
+            client_ids=self.partners.known_clients,
             ttl=settings.token_ttl,
         )
         self.stalls = Stalls()

@@ -59,7 +59,7 @@ async def init_checkout(request: web.Request, state: SandboxState, client_id: st
     if customer_id in state.faults.stall_customers:
         await state.stalls.hold(state.faults.stall_seconds)
     _require_owned_invoice(state, customer_id, invoice_id)
-    token, grant = state.checkout_tokens.mint(customer_id, invoice_id, time.time())
+    token, grant = state.checkout_tokens.mint(customer_id, invoice_id, time.time(), client_id)
     state.stats.record_mint(
         customer_id, invoice_id, wall=grant.issued_at, monotonic=time.monotonic()
     )

@@ -63,6 +63,28 @@ async def revoke(request: web.Request) -> web.Response:
     )
 
 
+async def clients(request: web.Request) -> web.Response:
+    return web.json_response({"client_ids": request.app[sandbox_state_key].partners.client_ids})
+
+
+async def put_client(request: web.Request) -> web.Response:
+    """Add an OAuth client to the partner, or rotate its secret (credential rotation)."""
+    client_id = request.match_info["client_id"]
+    secret = (await read_object(request)).get("client_secret")
+    if not isinstance(secret, str) or not secret:
+        raise bad_request("client_secret must be a non-empty string")
+    request.app[sandbox_state_key].partners.set_client(client_id, secret)
+    return web.json_response({"client_id": client_id})
+
+
+async def delete_client(request: web.Request) -> web.Response:
+    """Revoke a client: its secret and its OAuth tokens stop working at once."""
+    client_id = request.match_info["client_id"]
+    if not request.app[sandbox_state_key].partners.remove_client(client_id):
+        raise web.HTTPNotFound(text="no such client")
+    return web.json_response({"client_id": client_id, "removed": True})
+
+
 async def put_invoice(request: web.Request) -> web.Response:
     """Create or overwrite an invoice (and its customer), e.g. to move ownership."""
     body = await read_object(request)
