@@ -151,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.set_defaults(command=_doctor)
 
+    _add_operator_commands(commands)
+
     keygen = commands.add_parser("keygen", help="print a new ES256 private key (PEM)")
     keygen.add_argument(
         "--out",
@@ -173,6 +175,30 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
     health.set_defaults(command=_healthcheck)
     return parser
+
+
+def _add_operator_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``reload`` and ``promote``: calls to a running broker's admin listener."""
+    reload = commands.add_parser(
+        "reload",
+        help="ask a running broker (its admin listener, from FILE) to re-read its"
+        " configuration; with Redis every replica does; prints each one's outcome",
+    )
+    reload.add_argument("--config", type=Path, metavar="FILE", required=True)
+    reload.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    reload.set_defaults(command=_reload)
+
+    promote = commands.add_parser(
+        "promote",
+        help="make one of a partner's configured OAuth credentials its primary (rotation)",
+    )
+    promote.add_argument("--config", type=Path, metavar="FILE", required=True)
+    promote.add_argument(
+        "--partner", default="default", metavar="ID", help="the partner account (default: default)"
+    )
+    promote.add_argument("--client-id", required=True, metavar="ID", help="the credential's id")
+    promote.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    promote.set_defaults(command=_promote)
 
 
 def _origin(value: str) -> str:
@@ -320,6 +346,18 @@ def _check_config(args: argparse.Namespace) -> int:
     effective = redacted_values(args.file, os.environ)
     print(json.dumps(effective, indent=2, sort_keys=True))
     return EXIT_OK
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from broker.cli import operator  # noqa: PLC0415
+
+    return operator.reload(args.config, os.environ, args.timeout)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from broker.cli import operator  # noqa: PLC0415
+
+    return operator.promote(args.config, os.environ, args.partner, args.client_id, args.timeout)
 
 
 def _doctor(args: argparse.Namespace) -> int:

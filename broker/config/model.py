@@ -576,6 +576,7 @@ def _partner(
         PartnerSettings,
         raw,
         check,
+        section=where,
         id=raw.partner_id,
         base_url=check.base_url(url, insecure_http, where=where) if url else upstream_url,
     )

@@ -213,10 +213,11 @@ class _Field:
     section: type | None = None
 
 
-def _fields(cls: type) -> tuple[_Field, ...]:
-    """*cls*'s fields with their keys bound to its section; checks the declarations."""
+def _fields(cls: type, section: str | None = None) -> tuple[_Field, ...]:
+    """*cls*'s fields with their keys bound to its section (or *section*, for a class
+    declared once for many tables, as ``[partners.<id>]``); checks the declarations."""
     hints = get_type_hints(cls)
-    section = getattr(cls, "SECTION", "")
+    section = getattr(cls, "SECTION", "") if section is None else section
     result: list[_Field] = []
     for field in dataclasses.fields(cls):
         declared = field.metadata.get(_METADATA)
@@ -267,12 +268,15 @@ def schema(cls: type) -> tuple[Key, ...]:
     return tuple(keys)
 
 
-def build(cls: type[_C], raw: RawConfig, check: Checker, **computed: Any) -> _C:
+def build(
+    cls: type[_C], raw: RawConfig, check: Checker, *, section: str | None = None, **computed: Any
+) -> _C:
     """*cls* from *raw*: every key checked on its own (required, range, choices), every
     field that is one key taken or parsed from it, every section built the same way.
-    *computed* holds the fields declared with ``built`` (and may replace a section)."""
+    *computed* holds the fields declared with ``built`` (and may replace a section);
+    *section*: where *cls*'s keys are, if not its ``SECTION``."""
     values: dict[str, Any] = {}
-    for field in _fields(cls):
+    for field in _fields(cls, section):
         if field.declared is None:
             if field.name not in computed and field.section is not None:
                 values[field.name] = build(field.section, raw, check)

@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,12 @@ def request(
         return response.status, json.loads(text) if text else {}
     finally:
         connection.close()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own command
+        broker_command(*args), capture_output=True, text=True, timeout=30, check=False
+    )
 
 
 def session_status(port: int, api_key: str) -> int:
@@ -184,6 +191,13 @@ def test_sighup_and_the_admin_call_reread_the_files_and_a_bad_one_changes_nothin
         assert session_status(replica.port, NEW_KEY) == 200
         # Without the admin key: refused, and audited.
         assert request(replica.admin_port, "POST", "/admin/v1/reload", "wrong")[0] == 401
+        # The commands an operator types: the admin listener and key from the file.
+        done = cli("reload", "--config", str(replica.config))
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["partners"] == {"default": "kept"}
+        refused = cli("promote", "--config", str(replica.config), "--client-id", "nope")
+        assert refused.returncode == 1
+        assert json.loads(refused.stdout)["code"] == "not_found"
     finally:
         replica.process.kill()
     log = replica.process.log.read_text()
