@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+import uuid
 from dataclasses import replace
 
 import jwt
 import pytest
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
-from broker.config.model import PartnerSettings, Settings
+from broker.config.model import CacheSettings, PartnerSettings, Settings
 from broker.web.keys import gateway_key
 from tests.conftest import MakeBroker, MakeSandbox
 from tests.helpers import Sandbox, auth, make_settings
+from tests.redis.processes import RedisServer
 
 KEY_A = "partner-a-api-key-0123456789"
 KEY_B = "partner-b-api-key-0123456789"
@@ -183,3 +187,35 @@ async def test_a_session_names_a_partner_the_broker_does_not_serve_gets_401(
     assert response.status == 401
     body = await response.json()
     assert "beta" not in json.dumps(body)
+
+
+async def test_with_redis_each_partners_keys_are_named_after_it(
+    make_sandbox: MakeSandbox, make_broker: MakeBroker, redis_server: RedisServer
+) -> None:
+    a, b = await two_sandboxes(make_sandbox)
+    namespace = f"p{uuid.uuid4().hex[:10]}"
+    cache = CacheSettings(
+        backend="redis",
+        redis_url=redis_server.url,
+        encryption_keys=(os.urandom(32),),
+        namespace=namespace,
+        redis_timeout=1.0,
+    )
+    client = await make_broker(replace(two_partners(a, b), cache=cache))
+    for key in (KEY_A, KEY_B):
+        token = await session(client, key, "cus_alice", "inv_alice_1")
+        assert (await client.get("/checkout/invoice", headers=auth(token))).status == 200
+    redis = Redis.from_url(redis_server.url)
+    try:
+        names = {name.decode() async for name in redis.scan_iter(match=f"{namespace}:*")}
+    finally:
+        await redis.aclose()
+    checkout = {name for name in names if ":checkout:" in name}
+    assert checkout == {
+        f"{namespace}:partner=alpha:checkout:cus_alice:inv_alice_1",
+        f"{namespace}:partner=beta:checkout:cus_alice:inv_alice_1",
+    }
+    assert all(
+        name.startswith((f"{namespace}:partner=alpha:", f"{namespace}:partner=beta:"))
+        for name in names
+    ), names
