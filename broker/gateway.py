@@ -297,8 +297,9 @@ class Gateway:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def authenticate(self, token: str) -> Session:
-        """The session behind a browser's bearer token, unless invalid or revoked."""
+    async def authenticate(self, token: str) -> tuple[Session, Account]:
+        """The session behind a browser's bearer token and the account that serves it,
+        unless the token is invalid or revoked or its partner is no longer served."""
         session = self.sessions.verify(token)
         account = self.account(session.partner)
         customer_id = session.key.customer_id
@@ -310,7 +311,7 @@ class Gateway:
             before = await shared.revoked_before(customer_id)
             if before is not None and session.issued_at <= before:
                 raise AuthFailure("revoked")
-        return session
+        return session, account
 
     async def revoke_customer(self, customer_id: str, before: float) -> int:
         """Evict the customer's checkout JWTs and refuse their sessions issued so far,

@@ -149,8 +149,7 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     # Judged before the session is known: a bad path is refused whoever asks.
     first = gateway.first
     url = first.targets.upstream_url(request.method, request.raw_path)
-    session = await gateway.authenticate(bearer_token(request))
-    account = gateway.account(session.partner)
+    session, account = await gateway.authenticate(bearer_token(request))
     if account is not first:  # another partner's upstream: its own URL (memoised too)
         url = account.targets.upstream_url(request.method, request.raw_path)
     exchange.customer_id, exchange.invoice_id = session.key
