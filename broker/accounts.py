@@ -85,6 +85,13 @@ class Account:
     def __repr__(self) -> str:
         return f"Account(id={self.id!r})"
 
+    @property
+    def token_identity(self) -> tuple[object, ...]:
+        """What this account's checkout JWTs are valid for: an account rebuilt with the
+        same may take them over."""
+        client_ids = frozenset(c.client_id for c in self.settings.credentials)
+        return (self.id, self.settings.base_url, client_ids)
+
     def adopt(self, settings: PartnerSettings) -> None:
         """A reload changed only what an account reads per call: its credentials."""
         self.settings = settings

@@ -226,12 +226,44 @@ class Gateway:
             raise ReloadRefused(problems)
         settings = keep_decrypting(settings, self.settings)
         running = self._accounts
+        accounts, outcome, opened = await self._accounts_for(settings)
+        # From here on, no await: the swap happens between two requests.
+        for partner in settings.partners:
+            account, old = accounts[partner.id], running.get(partner.id)
+            if outcome[partner.id] == "updated":
+                account.adopt(partner)
+            elif (
+                old is not None
+                and old is not account
+                and old.token_identity == account.token_identity
+            ):
+                # Rebuilt for a setting its tokens do not depend on: keep them, so a
+                # reload never sends every hot key back to the rate budget.
+                account.tokens.adopt(old.tokens)
+        retired = [a for pid, a in running.items() if accounts.get(pid) is not a]
+        outcome.update({pid: "removed" for pid in running if pid not in accounts})
+        rotated = self._rotate_sessions(settings)
+        self._configure(settings, self.settings)
+        self._accounts = accounts
+        self._first = accounts[settings.partners[0].id]
+        for account in retired:
+            self._retire(account, forget=account.id not in accounts)
+        for account in opened:
+            self._warm(account)
+        log.info("config_reloaded", partners=outcome, signing_key_rotated=rotated)
+        return ReloadOutcome(partners=outcome, signing_key_rotated=rotated)
+
+    async def _accounts_for(
+        self, settings: Settings
+    ) -> tuple[dict[str, Account], dict[str, str], list[Account]]:
+        """The accounts *settings* needs: running ones it leaves as they are, new ones
+        opened (all closed again if one fails); and each partner's outcome."""
         accounts: dict[str, Account] = {}
         outcome: dict[str, str] = {}
         opened: list[Account] = []
         try:
             for partner in settings.partners:
-                old = running.get(partner.id)
+                old = self._accounts.get(partner.id)
                 if old is not None and old.identity == identity_of(settings, partner):
                     accounts[partner.id] = old
                     outcome[partner.id] = "kept" if old.settings == partner else "updated"
@@ -244,24 +276,7 @@ class Gateway:
             for account in opened:
                 await account.close()
             raise
-        # From here on, no await: the swap happens between two requests.
-        for partner in settings.partners:
-            if outcome[partner.id] == "updated":
-                accounts[partner.id].adopt(partner)
-        retired = [a for pid, a in running.items() if accounts.get(pid) is not a]
-        for pid in running:
-            if pid not in accounts:
-                outcome[pid] = "removed"
-        rotated = self._rotate_sessions(settings)
-        self._configure(settings, self.settings)
-        self._accounts = accounts
-        self._first = accounts[settings.partners[0].id]
-        for account in retired:
-            self._retire(account, forget=account.id not in accounts)
-        for account in opened:
-            self._warm(account)
-        log.info("config_reloaded", partners=outcome, signing_key_rotated=rotated)
-        return ReloadOutcome(partners=outcome, signing_key_rotated=rotated)
+        return accounts, outcome, opened
 
     def _rotate_sessions(self, settings: Settings) -> bool:
         """A new session authority when the session settings changed; the keys the old

@@ -154,6 +154,17 @@ class CheckoutTokens:
             return await self.get(key)  # another request already replaced it
         return await self.wait_for_mint(key)
 
+    def adopt(self, other: CheckoutTokens) -> int:
+        """Take over *other*'s cached tokens (valid for the same partner credentials), and
+        their renewals: a reload that rebuilt the account keeps what it had minted."""
+        adopted = 0
+        for key, token in list(other.store.items()):
+            if self._store.get(key) is None:
+                self._store.put(key, token)
+                self._push(token.refresh_at, key)
+                adopted += 1
+        return adopted
+
     def evict_all(self) -> int:
         """Drop every cached token (the partner account is going away)."""
         keys = [key for key, _ in self._store.items()]

@@ -209,3 +209,26 @@ async def test_a_client_secret_rotated_at_the_upstream_under_traffic_fails_no_re
     assert gateway.promote("default", "client-2")
     assert not account.api.on_secondary
     assert "notes" not in await (await client.get("/readyz")).json()
+
+
+async def test_an_account_rebuilt_by_a_reload_keeps_its_tokens_and_mints_nothing(
+    sandbox: Sandbox, make_broker: MakeBroker
+) -> None:
+    client = await make_broker(make_settings(sandbox.url))
+    gateway: Gateway = client.app[gateway_key]
+    sessions = [await new_session(client, f"cus_k{i}", f"inv_k{i}") for i in range(10)]
+    for token in sessions:
+        assert (await client.get("/checkout/invoice", headers=auth(token))).status == 200
+    minted = (await sandbox.stats())["tokens_issued"]
+    settings = gateway.settings
+    before = gateway.accounts["default"]
+    # A setting the account is built with, not one its tokens depend on.
+    outcome = await gateway.reload(
+        replace(settings, tokens=replace(settings.tokens, refresh_margin=30.0))
+    )
+    assert outcome.partners == {"default": "replaced"}
+    assert gateway.accounts["default"] is not before
+    assert len(gateway.accounts["default"].tokens.store) == 10
+    for token in sessions:
+        assert (await client.get("/checkout/invoice", headers=auth(token))).status == 200
+    assert (await sandbox.stats())["tokens_issued"] == minted
