@@ -16,6 +16,7 @@ from broker.config.model import Settings
 from broker.errors import BrokerError
 from broker.observability.logs import get_logger
 from broker.observability.metrics import Metrics
+from broker.observability.tracing import Tracing
 from broker.proxy.allowlist import RouteTable
 from broker.proxy.cors import CorsPolicy
 from broker.proxy.forwarder import Forwarder
@@ -53,9 +54,13 @@ class Connected:
 class Gateway:
     """Stored once under ``gateway_key``; runtime state lives inside, never in app keys."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, tracing: Tracing | None = None
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        # None when tracing is off: each place a span would start tests it, nothing more.
+        self.tracing = tracing
         self.sessions = SessionAuthority(settings.sessions)
         self.api_keys = ApiKeys(settings.sessions.api_keys)
         self.cors = CorsPolicy(settings.cors)
@@ -109,7 +114,11 @@ class Gateway:
         )
         http = open_session(settings)
         api = PartnerApi(
-            http, settings, self.metrics, max_lifetime=self.settings.tokens.max_lifetime
+            http,
+            settings,
+            self.metrics,
+            max_lifetime=self.settings.tokens.max_lifetime,
+            tracing=self.tracing,
         )
         partner = PartnerToken(
             api,
@@ -127,6 +136,7 @@ class Gateway:
             metrics=self.metrics,
             refresh_margin=self.settings.tokens.refresh_margin,
             max_wait=settings.rate_limit_max_wait,
+            tracing=self.tracing,
         )
         tokens.start()
         if shared is not None:
@@ -155,7 +165,13 @@ class Gateway:
             tokens=tokens,
             ownership=ownership,
             transport=transport,
-            forwarder=Forwarder(tokens, transport, self.metrics),
+            forwarder=Forwarder(
+                tokens,
+                transport,
+                self.metrics,
+                transport_name=settings.transport,
+                tracing=self.tracing,
+            ),
             shared=shared,
         )
         # Fetch the partner token now so that readiness tells the truth from the start.
@@ -173,6 +189,9 @@ class Gateway:
             if self._connected.shared is not None:
                 await self._connected.shared.close()
             self._connected = None
+        if self.tracing is not None:
+            # Exports what is buffered: blocking network I/O, off the event loop.
+            await asyncio.to_thread(self.tracing.close)
 
     async def _open_shared(self) -> RedisBackend | None:
         cache, upstream = self.settings.cache, self.settings.upstream
@@ -189,6 +208,7 @@ class Gateway:
             mint_timeout=(
                 upstream.rate_limit_max_wait + upstream.connect_timeout + upstream.read_timeout
             ),
+            tracing=self.tracing,
         )
 
     async def authenticate(self, token: str) -> Session:

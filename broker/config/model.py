@@ -344,6 +344,19 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TracingSettings:
+    """What the OTEL_* variables do not say (they choose the exporter, the endpoint, the
+    sampler and the service name: README, Tracing)."""
+
+    SECTION: ClassVar[str] = "tracing"
+
+    trust_incoming: bool = setting(
+        False,
+        doc="a caller's W3C `traceparent` becomes the parent span; else only a span link",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings
@@ -375,6 +388,7 @@ class Settings:
         doc="0 = `/metrics` on the main port; else its own listener",
     )
     cache: CacheSettings = CacheSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 SCHEMA: tuple[Key, ...] = schema(Settings)

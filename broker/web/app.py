@@ -14,6 +14,7 @@ from broker.auth.sessions import ApiKeys
 from broker.config.model import Settings
 from broker.gateway import Gateway
 from broker.observability.metrics import Metrics
+from broker.observability.tracing import Tracing
 from broker.proxy.finishing import finish_headers
 from broker.web import admin, handlers
 from broker.web.access_log import AccessLogger
@@ -28,9 +29,11 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     serve_metrics: bool = True,
+    tracing: Tracing | None = None,
 ) -> web.Application:
+    """The public app; *tracing* (``open_tracing``) is closed with it."""
     registry = registry if registry is not None else CollectorRegistry()
-    gateway = Gateway(settings, Metrics.create(registry))
+    gateway = Gateway(settings, Metrics.create(registry), tracing)
     app = web.Application(client_max_size=settings.limits.max_body_bytes)
     app[gateway_key] = gateway
     app[registry_key] = registry

@@ -7,12 +7,13 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.auth.sessions import AuthFailure
+from broker.auth.sessions import AuthFailure, Session
 from broker.credentials import TokenKey, valid_id
 from broker.errors import BadGateway, BadRequest, NotFound
 from broker.gateway import Gateway
 from broker.headers import AUTHORIZATION, CACHE_CONTROL, PRAGMA
 from broker.observability.logs import get_logger
+from broker.observability.tracing import Tracing
 from broker.proxy.relay import (
     read_body,
     relay_response,
@@ -144,7 +145,11 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     Routed bound to its gateway (``functools.partial``): no app lookup per request."""
     exchange = request[exchange_key]
     url = gateway.targets.upstream_url(request.method, request.raw_path)
-    session = await gateway.authenticate(bearer_token(request))
+    tracing = gateway.tracing
+    if tracing is None:
+        session = await gateway.authenticate(bearer_token(request))
+    else:
+        session = await _traced_authenticate(tracing, gateway, request)
     exchange.customer_id, exchange.invoice_id = session.key
     gateway.session_throttle.take(session.digest)
     limits = gateway.settings.limits
@@ -161,3 +166,11 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
         return await relay_response(request, upstream, exchange.request_id, gateway.cors)
     finally:
         upstream.release()
+
+
+async def _traced_authenticate(tracing: Tracing, gateway: Gateway, request: web.Request) -> Session:
+    with tracing.span("broker.session.verify") as span:
+        session = await gateway.authenticate(bearer_token(request))
+        span.set("broker.customer_id", session.key.customer_id)
+        span.set("broker.invoice_id", session.key.invoice_id)
+        return session
