@@ -216,13 +216,13 @@ class Gateway:
         session = self.sessions.verify(token)
         customer_id = session.key.customer_id
         if self.revocations.revoked(customer_id, session.issued_at):
-            raise AuthFailure("revoked")
+            raise AuthFailure("revoked", session.key)
         shared = None if self._connected is None else self._connected.shared
         if shared is not None:
             # Read on every request, so a revocation on any replica holds on the next one.
             before = await shared.revoked_before(customer_id)
             if before is not None and session.issued_at <= before:
-                raise AuthFailure("revoked")
+                raise AuthFailure("revoked", session.key)
         return session
 
     async def revoke_customer(self, customer_id: str, before: float) -> int:

@@ -20,7 +20,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from broker.auth.sessions import AuthFailure
+from broker.auth.sessions import AuthFailure, invalid_token_reason
 from broker.config.model import JwtAuthSettings
 from broker.credentials import valid_id
 from broker.observability.logs import get_logger
@@ -88,10 +88,8 @@ class IdentityVerifier:
                 leeway=settings.leeway,
                 options={"require": list(settings.required_claims)},
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthFailure("expired") from None
-        except jwt.InvalidTokenError:
-            raise AuthFailure("invalid") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthFailure(invalid_token_reason(exc)) from None
         for name in _NUMERIC_CLAIMS:
             value = claims.get(name)
             if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):

@@ -15,12 +15,13 @@ from broker.credentials import fingerprint, unverified_claims, valid_id
 from broker.errors import BadRequest
 from broker.observability.logs import get_logger
 from broker.web.handlers import NO_STORE, bearer_token
-from broker.web.keys import admin_key_key, gateway_key
+from broker.web.keys import admin_key_key, exchange_key, gateway_key
 
 log = get_logger("broker.web.admin")
 
 
 def _authorise(request: web.Request, action: str) -> str:
+    request[exchange_key].auth = "admin_key"
     customer_id = request.match_info["customer_id"]
     remote = request.remote
     try:
@@ -34,6 +35,7 @@ def _authorise(request: web.Request, action: str) -> str:
     if not valid_id(customer_id):
         log.warning("admin_audit", action=action, remote=remote, outcome="bad_request")
         raise BadRequest("invalid customer id")
+    request[exchange_key].customer_id = customer_id
     return customer_id
 
 

@@ -181,6 +181,7 @@ def _describe(span: Span, exchange: Exchange) -> None:
         ("broker.invoice_id", exchange.invoice_id),
         ("broker.token.outcome", exchange.token_outcome),
         ("error.type", exchange.error_code),
+        ("broker.refusal.reason", exchange.reason),
     ):
         if value is not None:
             span.set(name, value)
@@ -330,6 +331,10 @@ def error_response(request: web.Request, exc: BrokerError) -> web.Response:
     exchange = request.get(exchange_key)
     if exchange is not None:
         exchange.error_code = exc.code
+        # Why, for the request_finished line only: the answer stays uniform.
+        exchange.reason = exc.reason if isinstance(exc, AuthFailure) else exc.detail or exc.code
+        if isinstance(exc, AuthFailure) and exc.key is not None and exchange.customer_id is None:
+            exchange.customer_id, exchange.invoice_id = exc.key
     if isinstance(exc, AuthFailure):
         request.app[gateway_key].metrics.auth_failures.labels(reason=exc.reason).inc()
     if exc.status >= 500:

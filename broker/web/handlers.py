@@ -77,13 +77,20 @@ async def jwks(request: web.Request) -> web.Response:
 async def issue_session(request: web.Request) -> web.Response:
     """``POST /v1/checkout-auth/init``: a partner backend (API key) or a browser (IdP JWT)."""
     gateway = request.app[gateway_key]
+    exchange = request[exchange_key]
+    is_idp = gateway.identity is not None
+    exchange.auth = "jwt" if is_idp else "api_key"  # what a refused caller tried
     credential = bearer_token(request)
     is_partner_backend = gateway.api_keys.check(credential)
-    if not is_partner_backend:
+    if is_partner_backend:
+        exchange.auth = "api_key"
+    else:
         # Browsers and key guessers are limited per IP; a partner backend issues
         # sessions for all its users from a few addresses, so its key is not.
         gateway.init_throttle.take(remote_address(request, gateway))
     customer_id, invoice_id = await _read_ids(request)
+    # What was asked for (validated ids), on the line of a refusal too.
+    exchange.customer_id, exchange.invoice_id = customer_id, invoice_id
     if is_partner_backend:
         auth = "api_key"
         if customer_id is None:
@@ -91,14 +98,14 @@ async def issue_session(request: web.Request) -> web.Response:
     elif gateway.identity is not None:
         auth = "jwt"
         caller = await gateway.identity.verify(credential)
+        exchange.caller = caller
         if customer_id is not None and customer_id != caller:
             raise NotFound("body customer_id is not the caller's")
-        customer_id = caller
+        customer_id = exchange.customer_id = caller
         await gateway.ownership.require_owner(invoice_id, caller)
     else:
         raise AuthFailure("unknown_api_key")
     key = TokenKey(customer_id, invoice_id)
-    exchange = request[exchange_key]
     exchange.customer_id, exchange.invoice_id = key
     issued = gateway.sessions.issue(key, client_id=gateway.settings.upstream.client_id)
     gateway.metrics.sessions_issued.labels(auth=auth).inc()
@@ -144,6 +151,7 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     """Verify the session, swap in the checkout JWT, forward, stream the answer back.
     Routed bound to its gateway (``functools.partial``): no app lookup per request."""
     exchange = request[exchange_key]
+    exchange.auth = "session"
     url = gateway.targets.upstream_url(request.method, request.raw_path)
     tracing = gateway.tracing
     if tracing is None:
