@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -38,7 +38,7 @@ _DEFAULT_ALGORITHMS = {"RSA": ("RS256",), "EC": ("ES256",), "OKP": ("EdDSA",), "
 class VerificationKey:
     # A public key object, a PyJWK's key or a shared secret: what jwt.decode takes. (Not
     # `object`: mypyc cannot resolve that annotation in a compiled dataclass.)
-    key: Any
+    key: Any = field(repr=False)  # an HS256 key is the shared secret itself
     algorithms: frozenset[str]
 
 

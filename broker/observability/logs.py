@@ -200,7 +200,9 @@ class IsoTimestamp:
 
 
 def _dumps(value: Any, **_kwargs: Any) -> str:
-    return orjson.dumps(value, default=str).decode()
+    # orjson writes a dataclass field by field, secrets included (it ignores repr=False):
+    # passed through, a dataclass is written as its str(), which redacts them.
+    return orjson.dumps(value, default=str, option=orjson.OPT_PASSTHROUGH_DATACLASS).decode()
 
 
 def _identity(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
