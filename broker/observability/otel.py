@@ -46,6 +46,10 @@ class _Span:
     def set(self, name: str, value: AttributeValue) -> None:
         self._span.set_attribute(name, value)
 
+    def fail(self, error_type: str) -> None:
+        self._span.set_attribute("error.type", error_type)
+        self._span.set_status(Status(StatusCode.ERROR, error_type))
+
 
 class _Scope:
     __slots__ = ("_keep", "_kind", "_links", "_name", "_parent", "_span", "_token", "_tracer")

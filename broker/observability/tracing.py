@@ -33,6 +33,9 @@ _TRUE: Final = frozenset({"true", "1", "yes"})
 class Span(Protocol):
     def set(self, name: str, value: AttributeValue) -> None: ...
 
+    def fail(self, error_type: str) -> None:
+        """Mark the span failed (status ERROR) with ``error.type`` *error_type*."""
+
 
 class SpanScope(Protocol):
     """A span current for the duration of a ``with`` block; an exception leaving the
@@ -121,6 +124,9 @@ class _NoSpan:
         return None
 
     def set(self, name: str, value: AttributeValue) -> None:
+        return None
+
+    def fail(self, error_type: str) -> None:
         return None
 
 

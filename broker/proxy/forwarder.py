@@ -159,4 +159,6 @@ class Forwarder:
             span.set("http.route", exchange.route)
             response = await self._send(request, exchange, url, body, bearer, holder, tracing)
             span.set("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.fail(str(response.status))
             return response

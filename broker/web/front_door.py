@@ -170,6 +170,10 @@ def _traced(tracing: Tracing, front: Handler, route: str) -> Handler:
                 exchange = request.get(exchange_key)
                 if exchange is not None:
                     _describe(span, exchange)
+                if status >= 500:  # the broker failed; a refusal (4xx) is not an error
+                    span.fail(
+                        exchange.error_code if exchange and exchange.error_code else str(status)
+                    )
 
     return traced
 

@@ -13,7 +13,7 @@ from broker.errors import BadGateway, BadRequest, NotFound
 from broker.gateway import Gateway
 from broker.headers import AUTHORIZATION, CACHE_CONTROL, PRAGMA
 from broker.observability.logs import get_logger
-from broker.observability.tracing import Tracing
+from broker.observability.tracing import Tracing, maybe_span
 from broker.proxy.relay import (
     read_body,
     relay_response,
@@ -97,7 +97,8 @@ async def issue_session(request: web.Request) -> web.Response:
             raise BadRequest("invalid customer id")
     elif gateway.identity is not None:
         auth = "jwt"
-        caller = await gateway.identity.verify(credential)
+        with maybe_span(gateway.tracing, "broker.identity.verify"):
+            caller = await gateway.identity.verify(credential)
         exchange.caller = caller
         if customer_id is not None and customer_id != caller:
             raise NotFound("body customer_id is not the caller's")

@@ -14,7 +14,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient
 
@@ -24,6 +24,13 @@ from broker.observability.tracing import open_tracing, tracing_requested
 from broker.web.app import create_app, runner_options
 from tests.conftest import BrokerClient, BrokerTestServer, LogCapture, new_session
 from tests.helpers import API_KEY, CLIENT_SECRET, Sandbox, auth, make_settings
+from tests.security.conftest import (
+    hardened_settings,
+    hs256_mode,
+    idp_claims,
+    init_with_idp,
+    sign_idp,
+)
 
 MakeTraced = Callable[..., Any]
 REMOTE_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -298,3 +305,64 @@ async def test_the_app_closes_its_tracing(aiohttp_client: AiohttpClient, sandbox
     names = {s.name for s in exporter.get_finished_spans()}
     assert "GET /healthz" in names
     assert "late" not in names
+
+
+@pytest.mark.forwarding
+async def test_failures_mark_their_spans_and_refusals_do_not(
+    make_traced: MakeTraced, sandbox: Sandbox, exporter: InMemorySpanExporter
+) -> None:
+    broker = await make_traced(make_settings(sandbox.url))
+    token = await new_session(broker)
+    assert (await broker.get("/checkout/invoice", headers=auth(token))).status == 200
+    await sandbox.faults(error_rate=1.0)  # every checkout call answered 500
+    exporter.clear()
+    assert (await broker.get("/checkout/invoice", headers=auth(token))).status == 500
+    spans = exporter.get_finished_spans()
+    proxied = one(spans, "GET proxy")
+    assert proxied.status.status_code == StatusCode.ERROR
+    assert dict(proxied.attributes or {})["error.type"] == "500"
+    server = one(spans, "GET /checkout/{tail}")
+    assert server.status.status_code == StatusCode.ERROR  # passed through, still a 5xx
+
+    fresh = await new_session(broker, "cus_bob", "inv_bob_1")
+    await sandbox.faults(error_rate=0.0, reject_credentials=True)
+    exporter.clear()
+    response = await broker.get("/checkout/invoice", headers=auth(fresh))
+    assert response.status == 503
+    spans = exporter.get_finished_spans()
+    server = by_name(spans, "GET /checkout/{tail}")[-1]
+    assert server.status.status_code == StatusCode.ERROR
+    assert dict(server.attributes or {})["error.type"] == "credentials_rejected"
+    assert one(spans, "broker.token.mint").status.status_code == StatusCode.ERROR
+    oauth = by_name(spans, "POST oauth")
+    assert oauth
+    assert all(s.status.status_code == StatusCode.ERROR for s in oauth)
+
+    exporter.clear()
+    assert (await broker.get("/checkout/invoice")).status == 401
+    refused = one(exporter.get_finished_spans(), "GET /checkout/{tail}")
+    assert refused.status.status_code == StatusCode.UNSET
+    attributes = dict(refused.attributes or {})
+    assert attributes["broker.refusal.reason"] == "missing"
+    verify = one(exporter.get_finished_spans(), "broker.session.verify")
+    assert dict(verify.attributes or {})["broker.auth.reason"] == "missing"
+
+
+async def test_an_idp_caller_session_traces_its_verification_and_the_ownership_check(
+    make_traced: MakeTraced, sandbox: Sandbox, exporter: InMemorySpanExporter
+) -> None:
+    broker = await make_traced(hardened_settings(sandbox.url, jwt_auth=hs256_mode()))
+    idp_token = sign_idp("hs256", idp_claims("cus_alice"))
+    exporter.clear()
+    response = await init_with_idp(broker, idp_token, "inv_alice_1")
+    assert response.status == 200
+    session_token = (await response.json())["token"]
+    spans = exporter.get_finished_spans()
+    server = one(spans, "POST /v1/checkout-auth/init")
+    verify = one(spans, "broker.identity.verify")
+    ownership = one(spans, "GET ownership")
+    assert parent_of(verify) == span_id(server)
+    assert ownership.kind == SpanKind.CLIENT
+    assert trace_id(ownership) == trace_id(server)
+    assert dict(ownership.attributes or {})["url.path"] == "/invoices/inv_alice_1"
+    assert secrets_in_spans(spans, [idp_token, session_token]) == []
