@@ -17,6 +17,7 @@ import aiohttp
 from broker.auth.ownership import Ownership
 from broker.config.model import DEFAULT_PARTNER, PartnerSettings, Settings
 from broker.observability.metrics import Metrics
+from broker.observability.tracing import Tracing
 from broker.proxy.allowlist import RouteTable
 from broker.proxy.forwarder import Forwarder
 from broker.proxy.targets import ProxyTargets
@@ -67,6 +68,7 @@ class Account:
         targets: ProxyTargets,
         transport: UpstreamTransport,
         shared: RedisBackend | None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.id = settings.id
         self.settings = settings
@@ -79,7 +81,13 @@ class Account:
         self.ownership = ownership
         self.targets = targets
         self.transport = transport
-        self.forwarder = Forwarder(tokens, transport, metrics)
+        self.forwarder = Forwarder(
+            tokens,
+            transport,
+            metrics,
+            transport_name="lean" if isinstance(transport, LeanTransport) else "aiohttp",
+            tracing=tracing,
+        )
         self.shared = shared
 
     def __repr__(self) -> str:
@@ -140,14 +148,22 @@ async def open_account(
     partner: PartnerSettings,
     http: aiohttp.ClientSession,
     metrics: Metrics,
+    tracing: Tracing | None = None,
 ) -> Account:
     upstream = settings.upstream
     counted = metrics.for_partner(partner.id)
-    shared = await _open_shared(settings, partner, counted)
+    shared = await _open_shared(settings, partner, counted, tracing)
     budget: RateBudget = (
         SlidingWindowBudget(partner.rate_limit_per_second) if shared is None else shared.budget
     )
-    api = PartnerApi(http, upstream, partner, counted, max_lifetime=settings.tokens.max_lifetime)
+    api = PartnerApi(
+        http,
+        upstream,
+        partner,
+        counted,
+        max_lifetime=settings.tokens.max_lifetime,
+        tracing=tracing,
+    )
     partner_token = PartnerToken(
         api,
         budget,
@@ -164,6 +180,7 @@ async def open_account(
         metrics=counted,
         refresh_margin=settings.tokens.refresh_margin,
         max_wait=upstream.rate_limit_max_wait,
+        tracing=tracing,
     )
     tokens.start()
     if shared is not None:
@@ -196,11 +213,12 @@ async def open_account(
         targets=targets_for(settings, partner),
         transport=transport,
         shared=shared,
+        tracing=tracing,
     )
 
 
 async def _open_shared(
-    settings: Settings, partner: PartnerSettings, metrics: Metrics
+    settings: Settings, partner: PartnerSettings, metrics: Metrics, tracing: Tracing | None
 ) -> RedisBackend | None:
     cache, upstream = settings.cache, settings.upstream
     if cache.backend != "redis":
@@ -216,4 +234,5 @@ async def _open_shared(
         mint_timeout=(
             upstream.rate_limit_max_wait + upstream.connect_timeout + upstream.read_timeout
         ),
+        tracing=tracing,
     )

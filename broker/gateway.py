@@ -31,6 +31,7 @@ from broker.config.model import SessionSettings, Settings
 from broker.errors import BrokerError
 from broker.observability.logs import get_logger
 from broker.observability.metrics import Metrics
+from broker.observability.tracing import Tracing
 from broker.proxy.cors import CorsPolicy
 from broker.proxy.throttle import TokenBuckets
 from broker.upstream.calls import open_session
@@ -100,8 +101,12 @@ def restart_only_changes(running: Settings, new: Settings) -> list[str]:
 class Gateway:
     """Stored once under ``gateway_key``; runtime state lives inside, never in app keys."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, tracing: Tracing | None = None
+    ) -> None:
         self.metrics = metrics
+        # None when tracing is off: each place a span would start tests it, nothing more.
+        self.tracing = tracing
         self.draining = False
         # Revoked sessions must stay refused for as long as they could be presented.
         self.revocations = Revocations(settings.sessions.ttl + settings.sessions.leeway)
@@ -110,6 +115,8 @@ class Gateway:
         self._first: Account | None = None
         self._warmup: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        # Accounts a reload replaced or removed, until they are closed (see _retire).
+        self._retired: set[Account] = set()
         # With Redis: how a reload here reaches the other replicas.
         self.peers: ClusterReloads | None = None
         self.settings = settings
@@ -184,7 +191,7 @@ class Gateway:
         try:
             for partner in self.settings.partners:
                 self._accounts[partner.id] = await open_account(
-                    self.settings, partner, self._http, self.metrics
+                    self.settings, partner, self._http, self.metrics, self.tracing
                 )
         except BaseException:
             await self.close()
@@ -208,8 +215,9 @@ class Gateway:
         for task in list(self._retiring):
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
-        for account in self._accounts.values():
+        for account in [*self._retired, *self._accounts.values()]:
             await account.close()
+        self._retired.clear()
         if self.peers is not None:
             await self.peers.close()
             self.peers = None
@@ -218,6 +226,9 @@ class Gateway:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        if self.tracing is not None:
+            # Exports what is buffered: blocking network I/O, off the event loop.
+            await asyncio.to_thread(self.tracing.close)
 
     async def reload(self, settings: Settings) -> ReloadOutcome:
         """Take *settings* (loaded and validated) for new requests; ReloadRefused when
@@ -268,7 +279,9 @@ class Gateway:
                     accounts[partner.id] = old
                     outcome[partner.id] = "kept" if old.settings == partner else "updated"
                     continue
-                account = await open_account(settings, partner, self.http, self.metrics)
+                account = await open_account(
+                    settings, partner, self.http, self.metrics, self.tracing
+                )
                 opened.append(account)
                 accounts[partner.id] = account
                 outcome[partner.id] = "added" if old is None else "replaced"
@@ -301,8 +314,10 @@ class Gateway:
 
         async def close_later() -> None:
             await asyncio.sleep(grace)
+            self._retired.discard(account)
             await account.close()
 
+        self._retired.add(account)
         task = asyncio.get_running_loop().create_task(close_later())
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -316,16 +331,18 @@ class Gateway:
         """The session behind a browser's bearer token and the account that serves it,
         unless the token is invalid or revoked or its partner is no longer served."""
         session = self.sessions.verify(token)
-        account = self.account(session.partner)
+        account = self._accounts.get(session.partner)
+        if account is None:  # a partner a reload took out
+            raise AuthFailure("unknown_partner", session.key)
         customer_id = session.key.customer_id
         if self.revocations.revoked(customer_id, session.issued_at):
-            raise AuthFailure("revoked")
+            raise AuthFailure("revoked", session.key)
         shared = account.shared
         if shared is not None:
             # Read on every request, so a revocation on any replica holds on the next one.
             before = await shared.revoked_before(customer_id)
             if before is not None and session.issued_at <= before:
-                raise AuthFailure("revoked")
+                raise AuthFailure("revoked", session.key)
         return session, account
 
     async def revoke_customer(self, customer_id: str, before: float) -> int:

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -20,7 +20,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from broker.auth.sessions import AuthFailure
+from broker.auth.sessions import AuthFailure, invalid_token_reason
 from broker.config.model import JwtAuthSettings
 from broker.credentials import valid_id
 from broker.observability.logs import get_logger
@@ -38,7 +38,7 @@ _DEFAULT_ALGORITHMS = {"RSA": ("RS256",), "EC": ("ES256",), "OKP": ("EdDSA",), "
 class VerificationKey:
     # A public key object, a PyJWK's key or a shared secret: what jwt.decode takes. (Not
     # `object`: mypyc cannot resolve that annotation in a compiled dataclass.)
-    key: Any
+    key: Any = field(repr=False)  # an HS256 key is the shared secret itself
     algorithms: frozenset[str]
 
 
@@ -88,10 +88,8 @@ class IdentityVerifier:
                 leeway=settings.leeway,
                 options={"require": list(settings.required_claims)},
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthFailure("expired") from None
-        except jwt.InvalidTokenError:
-            raise AuthFailure("invalid") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthFailure(invalid_token_reason(exc)) from None
         for name in _NUMERIC_CLAIMS:
             value = claims.get(name)
             if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):

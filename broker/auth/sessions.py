@@ -16,7 +16,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import jwt
@@ -54,16 +54,40 @@ class Session:
 
 @dataclass(frozen=True, slots=True)
 class IssuedSession:
-    token: str
+    token: str = field(repr=False)
     expires_at: int
 
 
 class AuthFailure(Unauthenticated):
-    """An ``Unauthenticated`` that names its reason for the auth-failure metric."""
+    """An ``Unauthenticated`` that names its reason (the auth-failure metric's label, and
+    the request_finished line's ``reason``); *key* is the session's, when it was valid
+    but is refused (revoked), so that the line says whose it was."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, key: TokenKey | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.key = key
+
+
+# Most specific first: InvalidSignatureError is a DecodeError.
+_INVALID_TOKEN_REASONS: Final = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.InvalidSignatureError, "bad_signature"),
+    (jwt.InvalidAudienceError, "wrong_audience"),
+    (jwt.InvalidIssuerError, "wrong_issuer"),
+    (jwt.MissingRequiredClaimError, "missing_claim"),
+    (jwt.ImmatureSignatureError, "not_yet_valid"),
+    (jwt.DecodeError, "malformed"),
+)
+
+
+def invalid_token_reason(error: jwt.InvalidTokenError) -> str:
+    """Why PyJWT refused a token, as an AuthFailure reason (a small fixed vocabulary:
+    it labels a metric)."""
+    for kind, reason in _INVALID_TOKEN_REASONS:
+        if isinstance(error, kind):
+            return reason
+    return "invalid"
 
 
 def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
@@ -204,10 +228,8 @@ class SessionAuthority:
                 leeway=self._settings.leeway,
                 options={"require": list(REQUIRED_CLAIMS), "strict_aud": True},
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthFailure("expired") from None
-        except jwt.InvalidTokenError:
-            raise AuthFailure("invalid") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthFailure(invalid_token_reason(exc)) from None
         return _session_from_claims(claims, digest)
 
 

@@ -406,6 +406,19 @@ class PartnerSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TracingSettings:
+    """What the OTEL_* variables do not say (they choose the exporter, the endpoint, the
+    sampler and the service name: README, Tracing)."""
+
+    SECTION: ClassVar[str] = "tracing"
+
+    trust_incoming: bool = setting(
+        False,
+        doc="a caller's W3C `traceparent` becomes the parent span; else only a span link",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     server: ServerSettings = ServerSettings()
     upstream: UpstreamSettings
@@ -437,6 +450,8 @@ class Settings:
         doc="0 = `/metrics` on the main port; else its own listener",
     )
     cache: CacheSettings = CacheSettings()
+    tracing: TracingSettings = TracingSettings()
+
     # The [partners.<id>] tables; none in a single-account configuration.
     declared_partners: tuple[PartnerSettings, ...] = built(attribute_default=())
 

@@ -15,9 +15,11 @@ class Exchange:
 
     __slots__ = (
         "auth",
+        "caller",
         "customer_id",
         "error_code",
         "invoice_id",
+        "reason",
         "request_id",
         "route",
         "token_outcome",
@@ -34,4 +36,10 @@ class Exchange:
         self.upstream_ms: float | None = None
         self.token_outcome: str | None = None
         self.error_code: str | None = None
+        # How the caller authenticated, or tried to: "session", "api_key", "jwt".
         self.auth: str | None = None
+        # Only for refusals, on their request_finished line: why (an AuthFailure's
+        # reason, else the error's detail), and for an IdP caller refused a session,
+        # the customer its token speaks for (customer_id is then what it asked for).
+        self.reason: str | None = None
+        self.caller: str | None = None

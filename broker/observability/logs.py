@@ -39,6 +39,17 @@ _SAFE_NAMES = frozenset({"token_outcome", "token_fp", "tokens_evicted"})
 # bind_contextvars/merge_contextvars, which copy the whole context on every line.
 request_id_var: ContextVar[str | None] = ContextVar("broker_request_id", default=None)
 
+# (trace_id, span_id) of the span current where a line is logged, or None: set by
+# broker.observability.otel once tracing is on, so that with tracing off a line pays
+# one global read for it and opentelemetry is never imported.
+_trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
+def log_trace_ids(source: Callable[[], tuple[str, str] | None]) -> None:
+    """Give every line logged inside a span its ``trace_id`` and ``span_id``."""
+    global _trace_ids  # noqa: PLW0603 - once per process, when tracing starts
+    _trace_ids = source
+
 
 def redact_text(text: str) -> str:
     text = _JWT.sub(lambda m: f"<jwt:{fingerprint(m.group(0))}>", text)
@@ -89,6 +100,10 @@ def _add_request_id(_logger: WrappedLogger, _method: str, event_dict: EventDict)
     request_id = request_id_var.get()
     if request_id is not None:
         event_dict.setdefault("request_id", request_id)
+    if _trace_ids is not None:
+        ids = _trace_ids()
+        if ids is not None:
+            event_dict["trace_id"], event_dict["span_id"] = ids
     return event_dict
 
 
@@ -185,7 +200,9 @@ class IsoTimestamp:
 
 
 def _dumps(value: Any, **_kwargs: Any) -> str:
-    return orjson.dumps(value, default=str).decode()
+    # orjson writes a dataclass field by field, secrets included (it ignores repr=False):
+    # passed through, a dataclass is written as its str(), which redacts them.
+    return orjson.dumps(value, default=str, option=orjson.OPT_PASSTHROUGH_DATACLASS).decode()
 
 
 def _identity(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from broker.config.model import CacheSettings
 from broker.observability.metrics import Metrics
+from broker.observability.tracing import Tracing
 from broker.redis.budget import RedisRateBudget
 from broker.redis.census import ReplicaCensus
 from broker.redis.coordinator import RedisCoordinator
@@ -94,6 +95,7 @@ async def open_redis_backend(
     rate: float,
     refresh_margin: float = 60.0,
     mint_timeout: float = 30.0,
+    tracing: Tracing | None = None,
 ) -> RedisBackend:
     """Connect (or start degraded); *mint_timeout* bounds one mint, waiting included."""
     sealer = Sealer(settings.encryption_keys)  # before connecting: a bad key leaks nothing
@@ -107,7 +109,7 @@ async def open_redis_backend(
         with contextlib.suppress(RedisUnavailable):
             await census.beat()  # the fallback share is right from the start
     census.start()
-    shared = SharedTokens(link, sealer, Leases(link, settings.lease_ttl), events)
+    shared = SharedTokens(link, sealer, Leases(link, settings.lease_ttl), events, tracing=tracing)
     # A waiter gives the lease holder its lease TTL (to notice a dead holder) plus one mint.
     wait_bound = settings.lease_ttl + mint_timeout
     coordinator = RedisCoordinator(shared, refresh_margin=refresh_margin, wait_bound=wait_bound)

@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 from redis.asyncio import Redis
 
 from broker.observability.logs import get_logger
+from broker.observability.tracing import Span, Tracing, maybe_span
 from broker.redis.events import STORED, ClusterEvents
 from broker.redis.leases import COMPARE_AND_DELETE, Lease, Leases
 from broker.redis.link import RedisLink, RedisUnavailable
@@ -78,8 +79,10 @@ class SharedTokens:
         events: ClusterEvents,
         *,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing | None = None,
     ) -> None:
         self._link = link
+        self._tracing = tracing
         self._sealer = sealer
         self._leases = leases
         self._events = events
@@ -156,22 +159,44 @@ class SharedTokens:
     async def _obtain_shared(
         self, slot: str, produce: Callable[[], Awaitable[T]], codec: Codec[T], wait_bound: float
     ) -> T:
+        adopted = await self._adopt(slot, codec)
+        if adopted is not None:
+            return adopted
+        lease = await self._leases.acquire(slot)
+        if lease is not None:
+            return await self._produce_under(lease, slot, produce, codec)
+        # Another replica holds the lease: wait for its result (a span of its own).
+        with maybe_span(self._tracing, "broker.redis.lease_wait") as span:
+            span.set("broker.redis.slot", slot.partition(":")[0])  # "checkout", "partner"
+            return await self._wait_for_holder(slot, produce, codec, wait_bound, span)
+
+    async def _wait_for_holder(
+        self,
+        slot: str,
+        produce: Callable[[], Awaitable[T]],
+        codec: Codec[T],
+        wait_bound: float,
+        span: Span,
+    ) -> T:
         loop = asyncio.get_running_loop()
         started = loop.time()
         while True:
-            adopted = await self._adopt(slot, codec)
-            if adopted is not None:
-                return adopted
-            lease = await self._leases.acquire(slot)
-            if lease is not None:
-                return await self._produce_under(lease, slot, produce, codec)
             remaining = started + wait_bound - loop.time()
             if remaining <= 0:
                 # The holder is alive (it keeps renewing) but slower than any mint
                 # should be: stop waiting on it.
                 log.warning("shared_wait_expired", slot=slot, waited_s=round(wait_bound, 1))
+                span.set("broker.redis.lease_outcome", "wait_expired")
                 return await produce()
             await self._events.wait_for(slot, min(POLL_INTERVAL, remaining))
+            adopted = await self._adopt(slot, codec)
+            if adopted is not None:
+                span.set("broker.redis.lease_outcome", "adopted")
+                return adopted
+            lease = await self._leases.acquire(slot)
+            if lease is not None:  # the holder died or gave up: ours now
+                span.set("broker.redis.lease_outcome", "taken_over")
+                return await self._produce_under(lease, slot, produce, codec)
 
     async def _produce_under(
         self, lease: Lease, slot: str, produce: Callable[[], Awaitable[T]], codec: Codec[T]

@@ -28,6 +28,7 @@ from broker.credentials import (
 from broker.errors import BadGateway, BrokerError, RateBudgetExhausted, TokenMismatch
 from broker.observability.logs import get_logger
 from broker.observability.metrics import TIER_CHECKOUT, Metrics
+from broker.observability.tracing import Tracing, maybe_span
 from broker.tokens.budget import RateBudget
 from broker.tokens.coordination import LocalCoordinator, MintCoordinator
 from broker.tokens.partner import PartnerToken
@@ -83,8 +84,10 @@ class CheckoutTokens:
         max_wait: float,
         coordinator: MintCoordinator | None = None,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
+        self._tracing = tracing
         self._coordinator = coordinator or LocalCoordinator()
         self._api = api
         self._partner = partner
@@ -235,6 +238,17 @@ class CheckoutTokens:
         return token
 
     async def _mint_upstream(
+        self, key: TokenKey, *, ahead: bool, current: CheckoutToken | None
+    ) -> CheckoutToken:
+        with maybe_span(self._tracing, "broker.token.mint") as span:
+            span.set("broker.customer_id", key.customer_id)
+            span.set("broker.invoice_id", key.invoice_id)
+            span.set("broker.token.ahead", ahead)
+            token = await self._mint_checked(key, ahead=ahead, current=current)
+            span.set("broker.token.lifetime_s", round(token.expires_at - self._clock(), 3))
+            return token
+
+    async def _mint_checked(
         self, key: TokenKey, *, ahead: bool, current: CheckoutToken | None
     ) -> CheckoutToken:
         started = self._clock()

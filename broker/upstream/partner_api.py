@@ -7,6 +7,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, TypeGuard
 
 import aiohttp
@@ -31,6 +32,7 @@ from broker.headers import (
 )
 from broker.observability.logs import get_logger
 from broker.observability.metrics import Metrics
+from broker.observability.tracing import CLIENT, Span, Tracing, maybe_inject, maybe_span
 from broker.upstream.calls import (
     CallRecord,
     TransientUpstreamError,
@@ -104,8 +106,10 @@ class PartnerApi:
         metrics: Metrics,
         *,
         max_lifetime: float = MAX_LIFETIME,
+        tracing: Tracing | None = None,
     ) -> None:
         self._session = session
+        self._tracing = tracing
         self._max_lifetime = max_lifetime
         self._metrics = metrics
         self.partner_id = partner.id
@@ -156,6 +160,14 @@ class PartnerApi:
         basic = aiohttp.encode_basic_auth(credential.client_id, credential.client_secret)
         headers = _headers(basic, "application/x-www-form-urlencoded")
         form = b"grant_type=client_credentials"
+        with self._span("oauth", "POST", self._token_url, headers) as span:
+            token = await self._fetch_oauth_token(headers, form, span)
+            span.set("broker.token.lifetime_s", round(token.expires_in, 3))
+            return token
+
+    async def _fetch_oauth_token(
+        self, headers: dict[str, str], form: bytes, span: Span
+    ) -> OAuthToken:
         async with (
             UpstreamCall(self._metrics, "oauth") as record,
             self._session.post(
@@ -163,6 +175,7 @@ class PartnerApi:
             ) as response,
         ):
             record.status = str(response.status)
+            span.set("http.response.status_code", response.status)
             if response.status in {400, 401, 403}:
                 raise CredentialsRejected(
                     f"token endpoint answered {response.status}", retry_after=5.0
@@ -181,6 +194,14 @@ class PartnerApi:
     async def mint_checkout_token(self, bearer: str, key: TokenKey) -> MintedToken:
         headers = _headers(f"Bearer {bearer}", "application/json")
         payload = json.dumps({"customer_id": key.customer_id, "invoice_id": key.invoice_id})
+        with self._span("mint", "POST", self._init_url, headers) as span:
+            span.set("broker.customer_id", key.customer_id)
+            span.set("broker.invoice_id", key.invoice_id)
+            return await self._mint(headers, payload, key, span)
+
+    async def _mint(
+        self, headers: dict[str, str], payload: str, key: TokenKey, span: Span
+    ) -> MintedToken:
         async with (
             UpstreamCall(self._metrics, "mint") as record,
             self._session.post(
@@ -188,6 +209,7 @@ class PartnerApi:
             ) as response,
         ):
             record.status = str(response.status)
+            span.set("http.response.status_code", response.status)
             if response.status == 401:
                 raise PartnerTokenRejected("init answered 401 to the partner token")
             if response.status in {400, 403, 404, 422}:
@@ -257,19 +279,60 @@ class PartnerApi:
     async def get_json(self, bearer: str, path: str, kind: str) -> dict[str, Any] | None:
         """GET a partner resource; None when it does not exist (404)."""
         headers = _headers(f"Bearer {bearer}")
+        url = _join(self._base_url, path)
+        with self._span(kind, "GET", url, headers) as span:
+            return await self._get_json(url, headers, kind, span)
+
+    async def _get_json(
+        self, url: URL, headers: dict[str, str], kind: str, span: Span
+    ) -> dict[str, Any] | None:
         async with (
             UpstreamCall(self._metrics, kind) as record,
-            self._session.get(
-                _join(self._base_url, path), headers=headers, allow_redirects=False
-            ) as response,
+            self._session.get(url, headers=headers, allow_redirects=False) as response,
         ):
             record.status = str(response.status)
+            span.set("http.response.status_code", response.status)
             if response.status == 401:
                 raise PartnerTokenRejected(f"{kind} answered 401 to the partner token")
             if response.status in {400, 403, 404}:
                 return None
             _raise_for_unexpected(response)
             return await _json_object(response, record)
+
+    def _span(self, kind: str, method: str, url: URL, headers: dict[str, str]) -> _CallSpan:
+        return _CallSpan(self._tracing, kind, method, url, headers)
+
+
+class _CallSpan:
+    """A partner call's client span (when tracing is on), its traceparent in *headers*."""
+
+    __slots__ = ("_headers", "_kind", "_method", "_scope", "_tracing", "_url")
+
+    def __init__(
+        self, tracing: Tracing | None, kind: str, method: str, url: URL, headers: dict[str, str]
+    ) -> None:
+        self._scope = maybe_span(tracing, f"{method} {kind}", CLIENT)
+        self._tracing = tracing
+        self._kind, self._method, self._url, self._headers = kind, method, url, headers
+
+    def __enter__(self) -> Span:
+        span = self._scope.__enter__()
+        span.set("http.request.method", self._method)
+        span.set("server.address", self._url.host or "")
+        if self._url.port is not None:
+            span.set("server.port", self._url.port)
+        span.set("url.path", self._url.raw_path)  # a configured path or /invoices/{id}
+        span.set("broker.upstream.kind", self._kind)
+        maybe_inject(self._tracing, self._headers)
+        return span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._scope.__exit__(exc_type, exc, traceback)
 
 
 def _headers(authorization: str, content_type: str | None = None) -> dict[str, str]:

@@ -44,6 +44,11 @@ class AccessLogger(AbstractAccessLogger):
                 token_outcome=exchange.token_outcome,
                 error_code=exchange.error_code,
             )
+            if exchange.reason is not None:  # a refusal: who asked, and why (never in the answer)
+                fields["reason"] = exchange.reason
+                fields["auth"] = exchange.auth
+                if exchange.caller is not None:
+                    fields["caller"] = exchange.caller
         log.info("request_finished", **fields)
 
     @property

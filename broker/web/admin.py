@@ -18,7 +18,7 @@ from broker.errors import BadRequest, NotFound
 from broker.observability.logs import get_logger
 from broker.proxy.relay import read_body
 from broker.web.handlers import NO_STORE, bearer_token
-from broker.web.keys import gateway_key, reloader_key
+from broker.web.keys import exchange_key, gateway_key, reloader_key
 
 log = get_logger("broker.web.admin")
 
@@ -31,10 +31,12 @@ def _authorise(request: web.Request, action: str) -> str:
     if not valid_id(customer_id):
         log.warning("admin_audit", action=action, remote=request.remote, outcome="bad_request")
         raise BadRequest("invalid customer id")
+    request[exchange_key].customer_id = customer_id
     return customer_id
 
 
 def _authenticate(request: web.Request, action: str, **audited: str) -> None:
+    request[exchange_key].auth = "admin_key"
     try:
         presented = bearer_token(request)
     except AuthFailure:

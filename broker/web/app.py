@@ -13,6 +13,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from broker.config.model import Settings
 from broker.gateway import Gateway
 from broker.observability.metrics import Metrics
+from broker.observability.tracing import Tracing
 from broker.proxy.finishing import finish_headers
 from broker.web import admin, handlers
 from broker.web.access_log import AccessLogger
@@ -29,10 +30,12 @@ def create_app(
     registry: CollectorRegistry | None = None,
     serve_metrics: bool = True,
     load: LoadSettings | None = None,
+    tracing: Tracing | None = None,
 ) -> web.Application:
-    """The public app. *load*: how to read the configuration again (a reload)."""
+    """The public app. *load*: how to read the configuration again (a reload);
+    *tracing* (``open_tracing``) is closed with it."""
     registry = registry if registry is not None else CollectorRegistry()
-    gateway = Gateway(settings, Metrics.create(registry))
+    gateway = Gateway(settings, Metrics.create(registry), tracing)
     app = web.Application(client_max_size=settings.limits.max_body_bytes)
     app[gateway_key] = gateway
     app[registry_key] = registry

@@ -7,12 +7,14 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.auth.sessions import AuthFailure
+from broker.accounts import Account
+from broker.auth.sessions import AuthFailure, Session
 from broker.credentials import TokenKey, valid_id
 from broker.errors import BadGateway, BadRequest, NotFound
 from broker.gateway import Gateway
 from broker.headers import AUTHORIZATION, CACHE_CONTROL, PRAGMA
 from broker.observability.logs import get_logger
+from broker.observability.tracing import Tracing, maybe_span
 from broker.proxy.relay import (
     read_body,
     relay_response,
@@ -76,31 +78,39 @@ async def jwks(request: web.Request) -> web.Response:
 async def issue_session(request: web.Request) -> web.Response:
     """``POST /v1/checkout-auth/init``: a partner backend (API key) or a browser (IdP JWT)."""
     gateway = request.app[gateway_key]
+    exchange = request[exchange_key]
+    is_idp = gateway.identity is not None
+    exchange.auth = "jwt" if is_idp else "api_key"  # what a refused caller tried
     credential = bearer_token(request)
     # The API key names the partner account; an IdP caller belongs to the first.
     partner = gateway.api_keys.holder(credential)
-    if partner is None:
+    if partner is not None:
+        exchange.auth = "api_key"
+    else:
         # Browsers and key guessers are limited per IP; a partner backend issues
         # sessions for all its users from a few addresses, so its key is not.
         gateway.init_throttle.take(remote_address(request, gateway))
     customer_id, invoice_id = await _read_ids(request)
+    # What was asked for (validated ids), on the line of a refusal too.
+    exchange.customer_id, exchange.invoice_id = customer_id, invoice_id
     if partner is not None:
         auth = "api_key"
         if customer_id is None:
             raise BadRequest("invalid customer id")
     elif gateway.identity is not None:
         auth = "jwt"
-        caller = await gateway.identity.verify(credential)
+        with maybe_span(gateway.tracing, "broker.identity.verify"):
+            caller = await gateway.identity.verify(credential)
+        exchange.caller = caller
         if customer_id is not None and customer_id != caller:
             raise NotFound("body customer_id is not the caller's")
-        customer_id = caller
+        customer_id = exchange.customer_id = caller
         await gateway.first.ownership.require_owner(invoice_id, caller)
         partner = gateway.first.id
     else:
         raise AuthFailure("unknown_api_key")
     account = gateway.account(partner)
     key = TokenKey(customer_id, invoice_id)
-    exchange = request[exchange_key]
     exchange.customer_id, exchange.invoice_id = key
     issued = gateway.sessions.issue(key, partner=account.id, client_id=account.api.active_client_id)
     account.metrics.sessions_issued.labels(partner=account.id, auth=auth).inc()
@@ -146,10 +156,15 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     """Verify the session, swap in the checkout JWT, forward, stream the answer back.
     Routed bound to its gateway (``functools.partial``): no app lookup per request."""
     exchange = request[exchange_key]
+    exchange.auth = "session"
     # Judged before the session is known: a bad path is refused whoever asks.
     first = gateway.first
     url = first.targets.upstream_url(request.method, request.raw_path)
-    session, account = await gateway.authenticate(bearer_token(request))
+    tracing = gateway.tracing
+    if tracing is None:
+        session, account = await gateway.authenticate(bearer_token(request))
+    else:
+        session, account = await _traced_authenticate(tracing, gateway, request)
     if account is not first:  # another partner's upstream: its own URL (memoised too)
         url = account.targets.upstream_url(request.method, request.raw_path)
     exchange.customer_id, exchange.invoice_id = session.key
@@ -168,3 +183,14 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
         return await relay_response(request, upstream, exchange.request_id, gateway.cors)
     finally:
         upstream.release()
+
+
+async def _traced_authenticate(
+    tracing: Tracing, gateway: Gateway, request: web.Request
+) -> tuple[Session, Account]:
+    with tracing.span("broker.session.verify") as span:
+        session, account = await gateway.authenticate(bearer_token(request))
+        span.set("broker.customer_id", session.key.customer_id)
+        span.set("broker.invoice_id", session.key.invoice_id)
+        span.set("broker.partner", account.id)
+        return session, account

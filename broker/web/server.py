@@ -19,6 +19,7 @@ from broker import __version__, compiled
 from broker.config import listen
 from broker.config.model import Settings
 from broker.observability.logs import configure_logging, get_logger
+from broker.observability.tracing import open_tracing
 from broker.web import listen_file
 from broker.web.access_log import AccessLogger
 from broker.web.app import create_admin_app, create_app, create_metrics_app, runner_options
@@ -123,7 +124,14 @@ async def _start(
     """The app and a runner per listener, serving on *listeners*' sockets."""
     registry = prometheus_client.REGISTRY  # keeps the default process/GC collectors
     separate_metrics = "metrics" in listeners
-    app = create_app(settings, registry=registry, serve_metrics=not separate_metrics, load=load)
+    tracing = open_tracing(os.environ, trust_incoming=settings.tracing.trust_incoming)
+    app = create_app(
+        settings,
+        registry=registry,
+        serve_metrics=not separate_metrics,
+        load=load,
+        tracing=tracing,
+    )
     runners = [GatewayRunner(app, **runner_options(settings))]
     if separate_metrics:
         runners.append(GatewayRunner(create_metrics_app(registry), access_log=None))

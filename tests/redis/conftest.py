@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from broker.config.model import CacheSettings
 from broker.observability.metrics import Metrics
+from broker.observability.tracing import Tracing
 from broker.redis.backend import RedisBackend, open_redis_backend
 from tests.redis.processes import RedisServer
 
@@ -59,6 +60,7 @@ async def make_backend(cache_settings: CacheSettings) -> AsyncIterator[MakeBacke
         *,
         rate: float = 1000.0,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> RedisBackend:
         backend = await open_redis_backend(
             settings or cache_settings,
@@ -66,6 +68,7 @@ async def make_backend(cache_settings: CacheSettings) -> AsyncIterator[MakeBacke
             rate=rate,
             refresh_margin=60.0,
             mint_timeout=5.0,
+            tracing=tracing,
         )
         opened.append(backend)
         return backend
