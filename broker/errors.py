@@ -25,6 +25,7 @@ reach the browser SDK, which shows ``message`` to people.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 
@@ -76,6 +77,11 @@ class MethodNotAllowed(BrokerError):
     status = 405
     code = "method_not_allowed"
     message = "The method is not allowed for this path."
+
+    def __init__(self, detail: str | None = None, *, allowed: Iterable[str] = ()) -> None:
+        super().__init__(detail)
+        # The target's methods, for the Allow field every 405 carries (RFC 9110 §15.5.6).
+        self.allowed = tuple(sorted(set(allowed)))
 
 
 class RequestTimeout(BrokerError):

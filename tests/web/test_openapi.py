@@ -308,14 +308,6 @@ def test_a_wrong_method_is_405_on_every_documented_path(running: Running) -> Non
     assert {status for _, _, status, _ in undeclared_method_answers(running)} == {405}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="405 answers carry no Allow header (RFC 9110 §15.5.6 requires one; schemathesis's"
-    " unsupported_method check reports it): e.g. PUT /checkout/invoice -> 405"
-    ' {"code": "method_not_allowed", ...} without Allow. The fix is in the hot-path modules'
-    " (web/front_door.py's _unmatched and shaped_error, the proxy's MethodNotAllowed from the"
-    " route allowlist): reported, not fixed here",
-)
 def test_a_405_names_the_allowed_methods(running: Running) -> None:
     documented = {
         path: {m.upper() for m in item if m in {"get", "post", "delete"}}
