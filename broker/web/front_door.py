@@ -52,10 +52,11 @@ log = get_logger("broker.requests")
 
 # A caller's X-Request-Id is kept only when it is short and plain.
 _SANE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# Probes from the orchestrator and Prometheus are not rate limited per IP, and the
-# session-issuing endpoints have their own limit (see handlers.issue_session).
+# Probes from the orchestrator are not rate limited per IP, and the session-issuing
+# endpoints have their own limit (see handlers.issue_session). Scrapes of /metrics
+# are: a wrong bearer there is an unauthenticated caller like any other.
 _UNTHROTTLED_ROUTES: Final = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/v1/checkout-auth/init", "/checkout-auth/init"}
+    {"/healthz", "/readyz", "/v1/checkout-auth/init", "/checkout-auth/init"}
 )
 _ORIGIN_LOGGED: Final = 200  # characters of a refused Origin worth a log line
 _perf_counter: Final = time.perf_counter

@@ -44,7 +44,7 @@ from broker.proxy.allowlist import SDK_PREFIXES, SDK_ROUTES, RouteTable
 from broker.sandbox import SandboxSettings, create_sandbox_app
 from broker.web.app import create_admin_app, create_app, runner_options
 from broker.web.runner import GatewayRunner
-from tests.helpers import API_KEY, auth, make_settings
+from tests.helpers import API_KEY, METRICS_TOKEN, auth, make_settings
 
 if TYPE_CHECKING:
     from schemathesis.specs.openapi.schemas import OpenApiOperation
@@ -244,6 +244,8 @@ def credential(case: Case[OpenApiOperation], running: Running) -> str:
     tags = case.operation.definition.raw.get("tags", [])
     if "admin" in tags:
         return ADMIN_KEY
+    if {"metricsToken": []} in case.operation.definition.raw.get("security", []):
+        return METRICS_TOKEN
     if "checkout" in tags:
         return running.session
     return API_KEY
