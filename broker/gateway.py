@@ -102,6 +102,7 @@ class Gateway:
         return self.connected.tokens.store
 
     async def start(self) -> None:
+        self.metrics.track_loop_tasks(asyncio.get_running_loop())
         settings = self.settings.upstream
         shared = await self._open_shared()
         budget: RateBudget = (

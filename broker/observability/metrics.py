@@ -6,6 +6,7 @@ calls by kind. No customer, invoice, path or token ever becomes a label value.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ class Metrics:
     credentials_rejected: Gauge
     redis_degraded: Gauge
     upstream_clock_skew: Gauge
+    event_loop_tasks: Gauge
     # Bound children by label values: labels() costs a dict build per call, and every
     # request would pay it several times. The label sets are bounded.
     _children: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
@@ -142,6 +144,10 @@ class Metrics:
                 "broker_upstream_clock_skew_seconds",
                 "The upstream's clock minus this process's, as measured at the last mint.",
             ),
+            event_loop_tasks=gauge(
+                "broker_event_loop_tasks",
+                "Tasks alive on the event loop (requests, renewals, probes): flat when idle.",
+            ),
         )
         metrics.build_info.labels(version=__version__).set(1)
         return metrics
@@ -171,3 +177,7 @@ class Metrics:
 
     def track_cache_size(self, size: Callable[[], float]) -> None:
         self.cache_entries.set_function(size)
+
+    def track_loop_tasks(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Count *loop*'s tasks at each scrape: a leak of tasks shows as growth here."""
+        self.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))

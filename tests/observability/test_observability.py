@@ -339,3 +339,13 @@ async def test_the_metrics_listener_takes_the_bearer_token_too(
     assert refused.status == 401
     assert set(await refused.json()) == {"code", "message"}
     assert (await client.get("/metrics", headers=METRICS_AUTH)).status == 200
+
+
+async def test_the_event_loop_tasks_gauge_counts_the_loops_tasks(
+    make_broker: MakeBroker, sandbox: Sandbox
+) -> None:
+    client = await make_broker(make_settings(sandbox.url))
+    families = await scrape(client)
+    tasks = sample(families, "broker_event_loop_tasks")
+    # At least the scheduler and the scrape itself; a handful, not hundreds.
+    assert 2 <= tasks <= len(asyncio.all_tasks()) + 1
