@@ -53,6 +53,7 @@ class BrokerOptions:
     log_level: str = "warning"
     max_entries: int = 100_000
     max_connections: int | None = None  # None: the product default (upstream.max_connections)
+    session_ttl: int = 86400  # bench/soak.py lets sessions expire under load
 
 
 class Launcher:
@@ -174,7 +175,7 @@ rate_limit_per_second = 10000
 [sessions]
 api_keys = ["{API_KEY}"]
 signing_key_file = "{self.signing_key()}"
-ttl = 86400
+ttl = {options.session_ttl}
 
 [tokens]
 max_entries = {options.max_entries}
