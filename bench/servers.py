@@ -20,6 +20,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 NGINX_DIR = BENCH_DIR / "nginx"
 PAYLOADS = BENCH_DIR / "payloads"
 API_KEY = "bench-api-key-0123456789"
+METRICS_TOKEN = "bench-metrics-token-0123456789abcdef"
 FIXED_BEARER = "bench-fixed-upstream-token"
 CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
 # The broker's own rate limits must not throttle the load generator (these are the
@@ -52,6 +53,7 @@ class BrokerOptions:
     log_level: str = "warning"
     max_entries: int = 100_000
     max_connections: int | None = None  # None: the product default (upstream.max_connections)
+    session_ttl: int = 86400  # bench/soak.py lets sessions expire under load
 
 
 class Launcher:
@@ -173,7 +175,7 @@ rate_limit_per_second = 10000
 [sessions]
 api_keys = ["{API_KEY}"]
 signing_key_file = "{self.signing_key()}"
-ttl = 86400
+ttl = {options.session_ttl}
 
 [tokens]
 max_entries = {options.max_entries}
@@ -189,6 +191,9 @@ init_burst = {HIGH_BURST}
 [logging]
 format = "json"
 level = "{options.log_level}"
+
+[metrics]
+bearer_token = "{METRICS_TOKEN}"
 """
 
 
@@ -276,7 +281,8 @@ def sandbox_stats(sandbox: Server) -> dict[str, object]:
 
 def broker_metrics(broker: Server) -> dict[str, float]:
     """The broker's ``/metrics`` as {"name{labels}": value} (one worker's view)."""
-    status, body = http_get(broker.port, "/metrics", timeout=10.0)
+    headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    status, body = http_get(broker.port, "/metrics", timeout=10.0, headers=headers)
     if status != 200:
         raise BenchError(f"/metrics answered {status}")
     values: dict[str, float] = {}

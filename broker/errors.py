@@ -12,6 +12,8 @@ BrokerError                      500  internal
 ├── TooManyRequests              429  (+ Retry-After)
 ├── BadGateway                   502  upstream 401 after a fresh token, redirect, garbage,
 │   └── TokenMismatch                 or a minted token for the wrong customer/invoice
+├── UpstreamFailure              5xx  the upstream's own 5xx on a forwarded call: its status
+│                                     kept, its body replaced by this shape
 ├── ServiceUnavailable           503  (+ Retry-After) upstream unreachable
 │   ├── CredentialsRejected           partner OAuth credentials refused (403)
 │   └── RateBudgetExhausted           mint budget of rate_limit_per_second used up
@@ -23,6 +25,7 @@ reach the browser SDK, which shows ``message`` to people.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 
@@ -75,6 +78,11 @@ class MethodNotAllowed(BrokerError):
     code = "method_not_allowed"
     message = "The method is not allowed for this path."
 
+    def __init__(self, detail: str | None = None, *, allowed: Iterable[str] = ()) -> None:
+        super().__init__(detail)
+        # The target's methods, for the Allow field every 405 carries (RFC 9110 §15.5.6).
+        self.allowed = tuple(sorted(set(allowed)))
+
 
 class RequestTimeout(BrokerError):
     status = 408
@@ -108,6 +116,19 @@ class BadGateway(BrokerError):
 
 class TokenMismatch(BadGateway):
     code = "token_mismatch"
+
+
+class UpstreamFailure(BrokerError):
+    """The upstream answered a forwarded call with a 5xx. The browser gets that status
+    and the broker's own shape: an upstream's error body may name its internals, and
+    the SDK shows ``message`` to people. The upstream's ``code`` goes to the log only."""
+
+    code = "upstream_error"
+    message = "The payment service failed to handle the request; retry shortly."
+
+    def __init__(self, status: int, *, retry_after: float | None = None) -> None:
+        super().__init__(f"upstream answered {status}", retry_after=retry_after)
+        self.status = status  # type: ignore[misc]  # the upstream's, per instance
 
 
 class ServiceUnavailable(BrokerError):

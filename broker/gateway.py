@@ -62,7 +62,9 @@ RESTART_ONLY = (
     ("limits", "header_timeout"),
     ("upstream", "proxy_prefixes"),
 )
-RESTART_ONLY_TOP = ("metrics_port", "log_format", "log_level")
+RESTART_ONLY_TOP = (
+    "metrics_port", "metrics_host", "metrics_bearer_token", "log_format", "log_level"
+)  # fmt: skip
 
 
 class ReloadRefused(Exception):
@@ -92,8 +94,7 @@ def restart_only_changes(running: Settings, new: Settings) -> list[str]:
             problems.append(f"{dotted}: changed, which needs a restart (a reload cannot)")
     for name in RESTART_ONLY_TOP:
         if getattr(running, name) != getattr(new, name):
-            dotted = {"metrics_port": "metrics.port", "log_format": "logging.format",
-                      "log_level": "logging.level"}[name]  # fmt: skip
+            dotted = name.replace("_", ".", 1).replace("log.", "logging.")
             problems.append(f"{dotted}: changed, which needs a restart (a reload cannot)")
     return problems
 
@@ -187,6 +188,7 @@ class Gateway:
         return self.first.tokens.store
 
     async def start(self) -> None:
+        self.metrics.track_loop_tasks(asyncio.get_running_loop())
         self._http = open_session(self.settings.upstream)
         try:
             for partner in self.settings.partners:

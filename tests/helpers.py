@@ -29,6 +29,9 @@ from broker.config.model import (
 )
 
 API_KEY = "test-api-key-0123456789"
+# What Prometheus presents to a test broker's /metrics (metrics.bearer_token).
+METRICS_TOKEN = "test-metrics-token-0123456789abcdef"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 CLIENT_ID = "sandbox-client"
 CLIENT_SECRET = "sandbox-secret"
 GENEROUS_LIMITS = LimitSettings(
@@ -91,6 +94,7 @@ def make_settings(upstream_url: URL | str, **overrides: Any) -> Settings:
     tokens = TokenSettings(refresh_margin=overrides.pop("refresh_margin", 60.0))
     # Load tests send far more than one browser would; security tests set their own.
     overrides.setdefault("limits", GENEROUS_LIMITS)
+    overrides.setdefault("metrics_bearer_token", METRICS_TOKEN)
     return Settings(upstream=upstream, sessions=sessions, tokens=tokens, **overrides)
 
 

@@ -9,6 +9,9 @@ def quick_start(
     settings: Settings, *, broker_url: str, sandbox_port: int, demo_url: str | None = None
 ) -> str:
     api_key = settings.sessions.api_keys[0]
+    metrics = (
+        f"curl -H 'Authorization: Bearer {settings.metrics_bearer_token}' {broker_url}/metrics"
+    )
     origins = ", ".join(settings.cors.allowed_origins) or "none"
     # The demo site first: opening one URL is the quickest way to see the product work.
     demo = (
@@ -21,7 +24,8 @@ token-broker is running on the embedded sandbox (demo credentials, nothing real)
 
 {demo}  broker    {broker_url}  (browsers allowed from: {origins})
   upstream  http://127.0.0.1:{sandbox_port}  (sandbox; stats at /_sandbox/stats)
-  metrics   {broker_url}/metrics     health {broker_url}/healthz  {broker_url}/readyz
+  health    {broker_url}/healthz  {broker_url}/readyz
+  metrics   {metrics}
 
 Your own page on another origin: restart with --cors-origin ORIGIN (repeatable), e.g.
   token-broker serve --sandbox --cors-origin http://localhost:3000

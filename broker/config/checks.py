@@ -179,6 +179,14 @@ class Checker:
                 " chars)"
             )
 
+    def metrics_token(self, value: str) -> str:
+        if value and len(value) < MIN_ADMIN_KEY_LENGTH:
+            self.problems.append(
+                f"metrics.bearer_token: at least {MIN_ADMIN_KEY_LENGTH} characters"
+                " (`openssl rand -hex 32`)"
+            )
+        return value
+
     def api_keys(self, values: list[str] | tuple[str, ...], where: str) -> tuple[str, ...]:
         if not values:
             self.problems.append(f"{where}: required (set {where} or api_keys_file)")

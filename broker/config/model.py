@@ -442,12 +442,22 @@ class Settings:
         lower=True,
         doc="`debug`, `info`, `warning`, `error`",
     )
+    metrics_host: str = setting(
+        "127.0.0.1", name="metrics.host", doc="the address of the `/metrics` listener"
+    )
     metrics_port: int = setting(
         0,
         name="metrics.port",
         minimum=0,
         maximum=65535,
-        doc="0 = `/metrics` on the main port; else its own listener",
+        doc="its own listener for `/metrics` (bind it privately); 0 = none",
+    )
+    metrics_bearer_token: str = setting(
+        "",
+        name="metrics.bearer_token",
+        secret=True,
+        parse=Checker.metrics_token,
+        doc="with it, `/metrics` answers only this bearer, on the main port too (32+ chars)",
     )
     cache: CacheSettings = CacheSettings()
     tracing: TracingSettings = TracingSettings()

@@ -23,6 +23,7 @@ class Exchange:
         "request_id",
         "route",
         "token_outcome",
+        "upstream_error_code",
         "upstream_ms",
         "upstream_status",
     )
@@ -34,6 +35,8 @@ class Exchange:
         self.invoice_id: str | None = None
         self.upstream_status: int | None = None
         self.upstream_ms: float | None = None
+        # The ``code`` of an upstream 5xx body, for the log; never sent to the browser.
+        self.upstream_error_code: str | None = None
         self.token_outcome: str | None = None
         self.error_code: str | None = None
         # How the caller authenticated, or tried to: "session", "api_key", "jwt".

@@ -8,6 +8,7 @@ counted through ``for_partner(id)``, which labels it ``partner``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable
@@ -50,6 +51,7 @@ class Metrics:
     credentials_rejected: Gauge
     redis_degraded: Gauge
     upstream_clock_skew: Gauge
+    event_loop_tasks: Gauge
     credential_fallbacks: Counter
     # The partner account whose work this view counts (``for_partner``).
     partner: str = "default"
@@ -159,6 +161,10 @@ class Metrics:
                 "OAuth fetches that fell back to the other configured credential.",
                 ("partner",),
             ),
+            event_loop_tasks=gauge(
+                "broker_event_loop_tasks",
+                "Tasks alive on the event loop (requests, renewals, probes): flat when idle.",
+            ),
         )
         metrics.build_info.labels(version=__version__).set(1)
         return metrics
@@ -201,3 +207,7 @@ class Metrics:
 
     def track_cache_size(self, size: Callable[[], float]) -> None:
         self.cache_entries.labels(partner=self.partner).set_function(size)
+
+    def track_loop_tasks(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Count *loop*'s tasks at each scrape: a leak of tasks shows as growth here."""
+        self.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))

@@ -24,6 +24,8 @@ SDK_ROUTES = (
     "POST address/details",
 )
 SDK_PREFIXES = ("/checkout/", "/checkout/v1/")
+# The methods the proxy forwards at all, whatever the allowlist names.
+PROXIED_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 PLACEHOLDER = "{id}"
 
 Template = tuple[str, ...]
@@ -64,7 +66,15 @@ class RouteTable:
         if methods is None:
             raise NotFound("path not on the route allowlist")
         if method not in methods:
-            raise MethodNotAllowed(f"{method} not allowed on this path")
+            raise MethodNotAllowed(
+                f"{method} not allowed on this path", allowed=methods & PROXIED_METHODS
+            )
+
+    def methods(self, raw_path: str) -> frozenset[str] | None:
+        """The methods allowed on *raw_path* (None: any, the allowlist being off)."""
+        if self.allow_any:
+            return None
+        return frozenset(self._methods_for(_split(raw_path)) or ())
 
     def _methods_for(self, segments: Template) -> set[str] | None:
         exact = self._routes.get(segments)  # exact paths: one dict lookup

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from typing import Final
 
 import aiohttp
@@ -17,6 +19,7 @@ from broker.errors import (
     PayloadTooLarge,
     RequestTimeout,
     UnsupportedMediaType,
+    UpstreamFailure,
 )
 from broker.headers import (
     AUTHORIZATION,
@@ -28,9 +31,15 @@ from broker.headers import (
     RETRY_AFTER,
     USER_AGENT,
 )
+from broker.observability.exchange import Exchange
 from broker.proxy.cors import CorsPolicy
 from broker.proxy.finishing import finish_headers
-from broker.upstream.transport import STREAM_CHUNK, UpstreamProtocolError, UpstreamResponse
+from broker.upstream.transport import (
+    STREAM_CHUNK,
+    TransportError,
+    UpstreamProtocolError,
+    UpstreamResponse,
+)
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy Proxy-Connection.
 HOP_BY_HOP: Final = frozenset(
@@ -68,6 +77,15 @@ _RELAYED_RESPONSE_HEADERS: Final = frozenset(
     }
 )
 SMALL_BODY: Final = 64 * 1024
+# An upstream 5xx body is read only for its ``code`` (the vendor's HttpError shape):
+# this much of it, this quickly, or not at all.
+FAILURE_BODY_LIMIT: Final = 16 * 1024
+FAILURE_BODY_WITHIN: Final = 2.0
+# What of that code reaches the log: a short identifier, or "unrecognised" (the
+# upstream's text is not the broker's to log verbatim).
+_UPSTREAM_CODE: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
+UNRECOGNISED_CODE: Final = "unrecognised"
+_LONGEST_RETRY_AFTER: Final = 60
 _NO_NAMES: Final[frozenset[str]] = frozenset()
 
 
@@ -201,3 +219,60 @@ async def stream_back(
         await response.write(chunk)
     await response.write_eof()
     return response
+
+
+async def upstream_failure(
+    upstream: UpstreamResponse, exchange: Exchange, method: str
+) -> UpstreamFailure:
+    """The refusal that replaces an upstream 5xx answer: its status, the broker's body.
+    The upstream's error ``code`` is recorded on *exchange* (the request_finished line)."""
+    body = None if method == "HEAD" else await _failure_body(upstream)
+    exchange.upstream_error_code = upstream_error_code(body)
+    retry_after = None
+    if upstream.status == 503:  # the broker's 503s always say when to come back
+        retry_after = _retry_after(upstream.headers.get(RETRY_AFTER, ""))
+    return UpstreamFailure(upstream.status, retry_after=retry_after)
+
+
+async def _failure_body(upstream: UpstreamResponse) -> bytes | None:
+    length = upstream.content_length
+    if length is not None and length > FAILURE_BODY_LIMIT:
+        return None
+    try:
+        async with asyncio.timeout(FAILURE_BODY_WITHIN):
+            if length is not None:
+                return await upstream.read_exactly(length)
+            body = bytearray()
+            while chunk := await upstream.next_chunk():
+                body += chunk
+                if len(body) > FAILURE_BODY_LIMIT:
+                    return None
+            return bytes(body)
+    except (TimeoutError, aiohttp.ClientError, TransportError):
+        return None  # the status is answer enough; the connection is not reused
+
+
+def upstream_error_code(body: bytes | None) -> str | None:
+    """The ``code`` of an upstream error body (``{"code", "message", ...}``) as it may
+    be logged: None when the body has none, UNRECOGNISED_CODE when it is no short
+    identifier."""
+    if not body:
+        return None
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the stack
+        return None
+    code = document.get("code") if isinstance(document, dict) else None
+    if code is None:
+        return None
+    if isinstance(code, str) and _UPSTREAM_CODE.fullmatch(code):
+        return code
+    return UNRECOGNISED_CODE
+
+
+def _retry_after(value: str) -> float:
+    # Delay-seconds only (an HTTP-date would trust the upstream's clock), capped.
+    value = value.strip()
+    if value.isascii() and value.isdigit() and len(value) <= 6:
+        return float(min(max(int(value), 1), _LONGEST_RETRY_AFTER))
+    return 1.0

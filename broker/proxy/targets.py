@@ -12,10 +12,9 @@ from yarl import URL
 
 from broker.bounded import memo
 from broker.errors import MethodNotAllowed
-from broker.proxy.allowlist import RouteTable
+from broker.proxy.allowlist import PROXIED_METHODS, RouteTable
 from broker.proxy.paths import check_proxy_target
 
-PROXY_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 # Callers choose targets: only this many pairs are remembered, and only short targets
 # (the SDK's are under 100 bytes), so the memo stays a few hundred KB at most.
 _REMEMBERED_PAIRS = 1024
@@ -45,7 +44,10 @@ class ProxyTargets:
         method, raw_target = pair
         raw_path, raw_query = check_proxy_target(raw_target, self._prefixes)
         self._routes.check(method, raw_path)
-        if method not in PROXY_METHODS:
-            raise MethodNotAllowed()
+        if method not in PROXIED_METHODS:
+            allowed = self._routes.methods(raw_path)
+            raise MethodNotAllowed(
+                allowed=PROXIED_METHODS if allowed is None else allowed & PROXIED_METHODS
+            )
         # The caller's path and query byte for byte: what was checked is what goes.
         return URL(self._origin + raw_path + (f"?{raw_query}" if raw_query else ""), encoded=True)

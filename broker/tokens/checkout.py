@@ -222,8 +222,9 @@ class CheckoutTokens:
                 # Lookups in the window must not retry on every request: one retry
                 # a second, by the scheduler, while the current token lasts.
                 current.refresh_at = retry_at
-                if retry_at < current.forward_until:
-                    self._push(retry_at, key)
+                # Past its last chance, looked at once more when it expires, so that it
+                # leaves the cache then (nothing else would look at an unused key).
+                self._push(min(retry_at, current.forward_until), key)
             log.warning("checkout_token_renewal_failed", key=str(key), error=type(exc).__name__)
 
     async def _mint(self, key: TokenKey, *, ahead: bool) -> CheckoutToken:

@@ -41,6 +41,7 @@ class AccessLogger(AbstractAccessLogger):
                 invoice_id=exchange.invoice_id,
                 upstream_status=exchange.upstream_status,
                 upstream_ms=_milliseconds(exchange.upstream_ms),
+                upstream_error_code=exchange.upstream_error_code,
                 token_outcome=exchange.token_outcome,
                 error_code=exchange.error_code,
             )

@@ -7,17 +7,20 @@ from functools import partial
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from broker.auth.sessions import ApiKeys, AuthFailure
 from broker.config.model import Settings
+from broker.errors import BadRequest
 from broker.gateway import Gateway
 from broker.observability.metrics import Metrics
 from broker.observability.tracing import Tracing
 from broker.proxy.finishing import finish_headers
 from broker.web import admin, handlers
 from broker.web.access_log import AccessLogger
-from broker.web.front_door import GET_HEAD, FrontDoor, add_routes, add_unmatched
+from broker.web.front_door import GET_HEAD, FrontDoor, add_routes, add_unmatched, shaped_error
 from broker.web.keys import gateway_key, registry_key, reloader_key
 from broker.web.reloading import LoadSettings, Reloader
 
@@ -28,7 +31,6 @@ def create_app(
     settings: Settings,
     *,
     registry: CollectorRegistry | None = None,
-    serve_metrics: bool = True,
     load: LoadSettings | None = None,
     tracing: Tracing | None = None,
 ) -> web.Application:
@@ -48,8 +50,10 @@ def create_app(
     add_routes(router, door, GET_HEAD, "/healthz", handlers.health)
     add_routes(router, door, GET_HEAD, "/readyz", handlers.readiness)
     add_routes(router, door, GET_HEAD, "/.well-known/jwks.json", handlers.jwks)
-    if serve_metrics:
-        add_routes(router, door, GET_HEAD, "/metrics", make_aiohttp_handler(registry))
+    token = settings.metrics_bearer_token
+    if token:
+        # Never unauthenticated here: the public port is what browsers reach.
+        add_routes(router, door, GET_HEAD, "/metrics", _bearer_only(registry, token))
     for path in SESSION_INIT_PATHS:
         add_routes(router, door, (hdrs.METH_POST,), path, handlers.issue_session)
     for prefix in settings.upstream.proxy_prefixes:
@@ -95,12 +99,34 @@ def create_admin_app(main: web.Application) -> web.Application:
     return app
 
 
-def create_metrics_app(registry: CollectorRegistry) -> web.Application:
-    """``/metrics`` alone, for ``[metrics] port``: keeps scrapes off the public port."""
+def create_metrics_app(registry: CollectorRegistry, token: str = "") -> web.Application:
+    """``/metrics`` alone, for ``[metrics] port``: keeps scrapes off the public port
+    (with *token*, for that bearer only)."""
     app = web.Application()
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    handler = _bearer_only(registry, token) if token else make_aiohttp_handler(registry)
+    app.router.add_get("/metrics", handler)
     app.on_response_prepare.append(_name_the_server)  # no front door here to do it
     return app
+
+
+def _bearer_only(registry: CollectorRegistry, token: str) -> Handler:
+    """The metrics for ``Authorization: Bearer <metrics.bearer_token>``, else a 401."""
+    scrape = make_aiohttp_handler(registry)
+    key = ApiKeys((token,))
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        try:
+            presented = handlers.bearer_token(request)
+        except (AuthFailure, BadRequest):
+            presented = ""
+        if not presented or not key.check(presented):
+            error = AuthFailure("unknown_metrics_token")
+            if gateway_key not in request.app:  # the metrics listener: no front door
+                return shaped_error(error)
+            raise error
+        return await scrape(request)
+
+    return metrics
 
 
 async def _name_the_server(request: web.Request, response: web.StreamResponse) -> None:

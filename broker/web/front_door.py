@@ -33,7 +33,15 @@ from broker.errors import (
     PayloadTooLarge,
 )
 from broker.gateway import Gateway
-from broker.headers import CACHE_CONTROL, EXPECT, ORIGIN, REQUEST_ID, RETRY_AFTER, WWW_AUTHENTICATE
+from broker.headers import (
+    ALLOW,
+    CACHE_CONTROL,
+    EXPECT,
+    ORIGIN,
+    REQUEST_ID,
+    RETRY_AFTER,
+    WWW_AUTHENTICATE,
+)
 from broker.observability.exchange import UNMATCHED, Exchange
 from broker.observability.logs import get_logger, request_id_var
 from broker.observability.tracing import Span, Tracing
@@ -45,10 +53,11 @@ log = get_logger("broker.requests")
 
 # A caller's X-Request-Id is kept only when it is short and plain.
 _SANE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# Probes from the orchestrator and Prometheus are not rate limited per IP, and the
-# session-issuing endpoints have their own limit (see handlers.issue_session).
+# Probes from the orchestrator are not rate limited per IP, and the session-issuing
+# endpoints have their own limit (see handlers.issue_session). Scrapes of /metrics
+# are: a wrong bearer there is an unauthenticated caller like any other.
 _UNTHROTTLED_ROUTES: Final = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/v1/checkout-auth/init", "/checkout-auth/init"}
+    {"/healthz", "/readyz", "/v1/checkout-auth/init", "/checkout-auth/init"}
 )
 _ORIGIN_LOGGED: Final = 200  # characters of a refused Origin worth a log line
 _perf_counter: Final = time.perf_counter
@@ -273,11 +282,13 @@ async def _unmatched(request: web.Request) -> web.StreamResponse:
     # Only reached when no route took the request: another route with this path
     # (but not this method) makes it a 405, as aiohttp's router would say.
     catch_all = request.match_info.route.resource
+    allowed: set[str] = set()
     for resource in request.app.router.resources():
         if resource is not catch_all:
-            _, allowed = await resource.resolve(request)
-            if allowed:
-                raise MethodNotAllowed()
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        raise MethodNotAllowed(allowed=allowed - {hdrs.METH_ANY})
     raise NotFound()
 
 
@@ -353,6 +364,8 @@ def shaped_error(exc: BrokerError) -> web.Response:
         headers[RETRY_AFTER] = str(max(1, math.ceil(exc.retry_after)))
     if exc.status == 401:
         headers[WWW_AUTHENTICATE] = 'Bearer error="invalid_token"'
+    elif isinstance(exc, MethodNotAllowed):  # RFC 9110 §15.5.6: a 405 names what is allowed
+        headers[ALLOW] = ", ".join(exc.allowed)
     return web.json_response(exc.body(), status=exc.status, headers=headers)
 
 
@@ -360,7 +373,8 @@ def _from_http_exception(exc: web.HTTPException) -> BrokerError:
     if exc.status == 404:
         return NotFound()
     if exc.status == 405:
-        return MethodNotAllowed()
+        allowed = exc.allowed_methods if isinstance(exc, web.HTTPMethodNotAllowed) else ()
+        return MethodNotAllowed(allowed=allowed)
     if exc.status == 413:
         return PayloadTooLarge()
     error = BrokerError(exc.reason)

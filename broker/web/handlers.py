@@ -18,6 +18,7 @@ from broker.observability.tracing import Tracing, maybe_span
 from broker.proxy.relay import (
     read_body,
     relay_response,
+    upstream_failure,
 )
 from broker.web.front_door import remote_address
 from broker.web.keys import exchange_key, gateway_key
@@ -178,8 +179,12 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     )
     upstream = await account.forwarder.forward(request, exchange, session.key, url, body)
     try:
-        if 300 <= upstream.status < 400:
-            raise BadGateway(f"upstream redirected ({upstream.status})")
+        status = upstream.status
+        if status >= 300:
+            if status < 400:
+                raise BadGateway(f"upstream redirected ({status})")
+            if status >= 500:  # its body is the upstream's internals: ours instead
+                raise await upstream_failure(upstream, exchange, request.method)
         return await relay_response(request, upstream, exchange.request_id, gateway.cors)
     finally:
         upstream.release()

@@ -101,7 +101,7 @@ def bind_listeners(settings: Settings, *, reuse_port: bool) -> dict[str, list[so
                                         ("server.host",))}  # fmt: skip
     if settings.metrics_port != 0:
         addresses["metrics"] = listen.Address(
-            server.host, settings.metrics_port, ("metrics.port",), ("server.host",)
+            settings.metrics_host, settings.metrics_port, ("metrics.port",), ("metrics.host",)
         )
     if settings.admin.enabled:
         admin = settings.admin
@@ -125,19 +125,18 @@ async def _start(
     registry = prometheus_client.REGISTRY  # keeps the default process/GC collectors
     separate_metrics = "metrics" in listeners
     tracing = open_tracing(os.environ, trust_incoming=settings.tracing.trust_incoming)
-    app = create_app(
-        settings,
-        registry=registry,
-        serve_metrics=not separate_metrics,
-        load=load,
-        tracing=tracing,
-    )
+    # The main port serves /metrics only with metrics.bearer_token (create_app decides).
+    app = create_app(settings, registry=registry, load=load, tracing=tracing)
     runners = [GatewayRunner(app, **runner_options(settings))]
     if separate_metrics:
-        runners.append(GatewayRunner(create_metrics_app(registry), access_log=None))
+        metrics_app = create_metrics_app(registry, settings.metrics_bearer_token)
+        runners.append(GatewayRunner(metrics_app, access_log=None))
+    elif not settings.metrics_bearer_token:
+        log.warning("metrics_not_served", reason="no metrics.port and no metrics.bearer_token",
+                    hint="set metrics.port for a private listener")  # fmt: skip
     if "admin" in listeners:
         runners.append(GatewayRunner(create_admin_app(app), access_log_class=AccessLogger))
-    hosts = {"main": settings.server.host, "metrics": settings.server.host,
+    hosts = {"main": settings.server.host, "metrics": settings.metrics_host,
              "admin": settings.admin.host}  # fmt: skip
     urls = []
     try:

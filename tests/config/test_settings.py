@@ -272,3 +272,16 @@ def test_a_declaration_that_contradicts_its_attribute_is_refused() -> None:
 
     with pytest.raises(TypeError, match=r"declared more than once: twice\.port"):
         schema(Twice)
+
+
+def test_a_short_metrics_bearer_token_is_refused_and_a_long_one_kept_secret(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match=r"metrics.bearer_token: at least 32"):
+        load_settings(write_config(tmp_path, GOOD), {"BROKER_METRICS_BEARER_TOKEN": "short"})
+    token = "m" * 40
+    settings = load_settings(write_config(tmp_path, GOOD), {"BROKER_METRICS_BEARER_TOKEN": token})
+    assert settings.metrics_bearer_token == token
+    assert token not in repr(settings)
+    assert settings.metrics_host == "127.0.0.1"
+    assert settings.metrics_port == 0

@@ -16,7 +16,7 @@ from broker import __version__
 from broker.observability.logs import IsoTimestamp
 from broker.web.app import create_metrics_app
 from tests.conftest import BrokerClient, LogCapture, MakeBroker, MakeSandbox, new_session
-from tests.helpers import API_KEY, Sandbox, auth, make_settings
+from tests.helpers import API_KEY, METRICS_AUTH, METRICS_TOKEN, Sandbox, auth, make_settings
 
 DESIGN_METRICS = {
     "broker_requests_total": "counter",
@@ -36,7 +36,7 @@ DESIGN_METRICS = {
 
 
 async def scrape(client: BrokerClient) -> dict[str, Any]:
-    response = await client.get("/metrics")
+    response = await client.get("/metrics", headers=METRICS_AUTH)
     assert response.status == 200
     return {f.name: f for f in text_string_to_metric_families(await response.text())}
 
@@ -141,10 +141,12 @@ async def test_a_thousand_customers_add_no_time_series(
             assert response.status == 200
 
     await traffic(range(10))
-    await client.get("/metrics")  # the scrape itself is a route with its own series
-    before = series_count(await (await client.get("/metrics")).text())
+    await client.get(
+        "/metrics", headers=METRICS_AUTH
+    )  # the scrape itself is a route with its own series
+    before = series_count(await (await client.get("/metrics", headers=METRICS_AUTH)).text())
     await traffic(range(10, 1000))
-    after_text = await (await client.get("/metrics")).text()
+    after_text = await (await client.get("/metrics", headers=METRICS_AUTH)).text()
     assert series_count(after_text) == before
     assert "cus_s" not in after_text
     assert "inv_s" not in after_text
@@ -191,7 +193,7 @@ async def test_canaries_never_reach_logs_or_metrics(
     await asyncio.sleep(0.1)
 
     text = logs.text
-    metrics_text = await (await client.get("/metrics")).text()
+    metrics_text = await (await client.get("/metrics", headers=METRICS_AUTH)).text()
     checkout_jwts = [
         r["headers"] for r in await sandbox.requests() if r["raw_path"].startswith("/checkout")
     ]
@@ -295,3 +297,55 @@ def test_timestamps_are_utc_iso_with_microseconds() -> None:
     ]
     assert stamps[:2] == expected  # what structlog's TimeStamper(fmt="iso", utc=True) writes
     assert stamps[2] == "2026-11-18T11:06:41.000000Z"  # the next second; zero micros kept
+
+
+async def test_metrics_are_not_served_on_the_public_port_without_a_bearer_token(
+    make_broker: MakeBroker, sandbox: Sandbox
+) -> None:
+    """The decision for /metrics: never unauthenticated where browsers (and scanners)
+    reach the broker. Without metrics.bearer_token the main port does not serve it."""
+    client = await make_broker(make_settings(sandbox.url, metrics_bearer_token=""))
+    for headers in ({}, METRICS_AUTH):
+        response = await client.get("/metrics", headers=headers)
+        assert response.status == 404
+        assert "broker_requests_total" not in await response.text()
+
+
+async def test_with_a_bearer_token_metrics_answer_that_bearer_only(
+    make_broker: MakeBroker, sandbox: Sandbox
+) -> None:
+    client = await make_broker(make_settings(sandbox.url))
+    for headers in (
+        {},
+        {"Authorization": f"Bearer {METRICS_TOKEN[:-1]}"},
+        {"Authorization": f"Bearer {METRICS_TOKEN}x"},
+        {"Authorization": f"Basic {METRICS_TOKEN}"},
+        auth(API_KEY),  # a partner's key is no scrape credential
+    ):
+        response = await client.get("/metrics", headers=headers)
+        assert response.status == 401, headers
+        assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+        assert "broker_" not in await response.text()
+    assert (await client.get("/metrics", headers=METRICS_AUTH)).status == 200
+    families = await scrape(client)
+    assert sample(families, "broker_auth_failures_total", reason="unknown_metrics_token") == 5
+
+
+async def test_the_metrics_listener_takes_the_bearer_token_too(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await aiohttp_client(create_metrics_app(CollectorRegistry(), METRICS_TOKEN))
+    refused = await client.get("/metrics")
+    assert refused.status == 401
+    assert set(await refused.json()) == {"code", "message"}
+    assert (await client.get("/metrics", headers=METRICS_AUTH)).status == 200
+
+
+async def test_the_event_loop_tasks_gauge_counts_the_loops_tasks(
+    make_broker: MakeBroker, sandbox: Sandbox
+) -> None:
+    client = await make_broker(make_settings(sandbox.url))
+    families = await scrape(client)
+    tasks = sample(families, "broker_event_loop_tasks")
+    # At least the scheduler and the scrape itself; a handful, not hundreds.
+    assert 2 <= tasks <= len(asyncio.all_tasks()) + 1

@@ -26,6 +26,8 @@ from tests.redis.processes import (
 )
 
 API_KEY = "e2e-api-key-0123456789abcdef"
+METRICS_TOKEN = "e2e-metrics-token-0123456789abcdef"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 NAMESPACE = "e2e"
 RATE = 5  # the vendor's limit, enforced by the sandbox and budgeted by the brokers
 # The sandbox measures RATE over this window, not the vendor's full second: the brokers'
@@ -74,6 +76,9 @@ init_burst = 100000
 
 [logging]
 format = "json"
+
+[metrics]
+bearer_token = "{metrics_token}"
 """
 
 
@@ -120,6 +125,7 @@ class Cluster:
                     encryption_key=encryption_key,
                     namespace=NAMESPACE,
                     lease_ttl=LEASE_TTL,
+                    metrics_token=METRICS_TOKEN,
                 )
             )
             self.brokers.append(
@@ -162,7 +168,7 @@ class Cluster:
 
     @staticmethod
     def degraded(port: int) -> bool:
-        status, text = http_get(port, "/metrics")
+        status, text = http_get(port, "/metrics", headers=METRICS_AUTH)
         assert status == 200
         return "broker_redis_degraded 1.0" in text
 

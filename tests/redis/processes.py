@@ -36,10 +36,12 @@ def redis_executable() -> str | None:
     )
 
 
-def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
+def http_get(
+    port: int, path: str, timeout: float = 2.0, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
         return response.status, response.read().decode()
     finally:

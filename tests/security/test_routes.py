@@ -258,3 +258,31 @@ async def test_refusals_do_not_need_a_session_to_be_refused(
         status, _ = await send_raw(client, method, target, "not-a-session")
         assert status in {400, 401, 404, 405}, (method, target)
     assert upstream_traffic(await sandbox.requests()) == []
+
+
+async def test_a_405_names_the_methods_its_target_takes(
+    make_broker: MakeBroker, sandbox: Sandbox
+) -> None:
+    """RFC 9110 §15.5.6: the allowlist's methods for that path, as forwarded."""
+    routes = RouteSettings(allow=("POST /checkout/fees/{id}", "DELETE /checkout/fees/{id}"))
+    client = await make_broker(hardened_settings(sandbox.url, routes=routes))
+    headers = _auth(await primed(client, sandbox))
+    for method, target, allow in [
+        ("GET", "/checkout/fees/inv_alice_1", "DELETE, POST"),
+        ("OPTIONS", "/checkout/invoice", "GET"),  # never forwarded, whatever the allowlist
+        ("PUT", "/checkout/v1/payment-methods/pm_1/cvv", "POST"),
+        ("GET", "/v1/checkout-auth/init", "POST"),  # a route of the broker's own
+        ("DELETE", "/healthz", "GET, HEAD"),
+    ]:
+        response = await client.request(method, target, headers=headers)
+        assert response.status == 405, (method, target)
+        assert response.headers["Allow"] == allow, (method, target)
+    assert upstream_traffic(await sandbox.requests()) == []
+    open_client = await make_broker(
+        hardened_settings(sandbox.url, routes=RouteSettings(allow_any=True))
+    )
+    response = await open_client.request(
+        "OPTIONS", "/checkout/anything", headers=_auth(await primed(open_client, sandbox))
+    )
+    assert response.status == 405
+    assert response.headers["Allow"] == "DELETE, GET, PATCH, POST, PUT"

@@ -103,6 +103,21 @@ async def test_idle_key_is_not_renewed_and_leaves_the_cache_when_expired() -> No
 
 
 @in_virtual_time
+async def test_a_key_whose_renewals_fail_leaves_the_cache_when_its_token_expires() -> None:
+    """Found by bench/soak.py: after the last failed renewal of a key no longer looked
+    up, nothing looked at it again, and its dead token stayed cached until the cache
+    filled (tokens cached grew past the keys in use after every upstream 429 minute)."""
+    async with token_tier(token_ttl=5.0) as tier:
+        assert await tier.forward(KEY) == 200
+        assert await tier.forward(KEY) == 200  # in use: renewed ahead of its expiry
+        tier.api.reject_credentials = True  # every renewal fails
+        await asyncio.sleep(10.0)  # past its expiry, with no lookup
+        assert tier.api.tokens_issued == 1
+        assert tier.api.mint_calls > 1  # renewals were tried
+        assert tier.cache_entries() == 0
+
+
+@in_virtual_time
 async def test_a_failing_renewal_is_not_retried_on_every_lookup(logs: LogCapture) -> None:
     """While renewals fail (here: the partner credentials are refused), steady traffic
     must not start one renewal per lookup: they are retried about once a second, and

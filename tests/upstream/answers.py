@@ -27,6 +27,7 @@ class Answer:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    chunked: bool = False  # sent without a Content-Length
 
 
 def json_answer(body: object, **headers: str) -> Answer:
@@ -60,6 +61,8 @@ def good_mint(offset: float = 0.0) -> Answer:
 class Upstream:
     oauth: Callable[[], Answer] = good_oauth
     mint: Callable[[], Answer] = good_mint
+    # The checkout call's answer once its token verified (None: a small invoice).
+    checkout: Callable[[], Answer] | None = None
     mints: int = 0
     served: list[str] = field(default_factory=list)
 
@@ -71,14 +74,24 @@ class Upstream:
             self.mints += 1
             return _respond(self.mint())
 
-        async def checkout(request: web.Request) -> web.Response:
+        async def checkout(request: web.Request) -> web.StreamResponse:
             bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
             self.served.append(bearer)
             try:
                 jwt.decode(bearer, SECRET, algorithms=["HS256"], options={"verify_exp": False})
             except jwt.InvalidTokenError:
                 return web.json_response({"code": "unauthorized"}, status=401)
-            return web.json_response({"id": "inv_alice_1"})
+            if self.checkout is None:
+                return web.json_response({"id": "inv_alice_1"})
+            answer = self.checkout()
+            if not answer.chunked:
+                return _respond(answer)
+            response = web.StreamResponse(status=answer.status, headers=answer.headers)
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            await response.write(answer.body)
+            await response.write_eof()
+            return response
 
         app = web.Application()
         app.router.add_post("/oauth/token", oauth)
@@ -95,14 +108,17 @@ def _respond(answer: Answer) -> web.Response:
 Scenario = Callable[[TestClient[Any, Any], Upstream, CollectorRegistry], Awaitable[None]]
 
 
-def run_with_broker(upstream: Upstream, scenario: Scenario, **overrides: Any) -> None:
-    """Start *upstream* and a broker before it on a fresh loop, run *scenario*, stop."""
+def run_with_broker(
+    upstream: Upstream, scenario: Scenario, *, transport: str = "aiohttp", **overrides: Any
+) -> None:
+    """Start *upstream* and a broker before it (on *transport*) on a fresh loop, run
+    *scenario*, stop."""
 
     async def main() -> None:
         up = TestServer(upstream.app())
         await up.start_server()
         settings = make_settings(up.make_url(""), **overrides)
-        settings = replace(settings, upstream=replace(settings.upstream, transport="aiohttp"))
+        settings = replace(settings, upstream=replace(settings.upstream, transport=transport))
         registry = CollectorRegistry()
         options = runner_options(settings)
         del options["handler_cancellation"]

@@ -44,7 +44,7 @@ from broker.proxy.allowlist import SDK_PREFIXES, SDK_ROUTES, RouteTable
 from broker.sandbox import SandboxSettings, create_sandbox_app
 from broker.web.app import create_admin_app, create_app, runner_options
 from broker.web.runner import GatewayRunner
-from tests.helpers import API_KEY, auth, make_settings
+from tests.helpers import API_KEY, METRICS_TOKEN, auth, make_settings
 
 if TYPE_CHECKING:
     from schemathesis.specs.openapi.schemas import OpenApiOperation
@@ -244,6 +244,8 @@ def credential(case: Case[OpenApiOperation], running: Running) -> str:
     tags = case.operation.definition.raw.get("tags", [])
     if "admin" in tags:
         return ADMIN_KEY
+    if {"metricsToken": []} in case.operation.definition.raw.get("security", []):
+        return METRICS_TOKEN
     if "checkout" in tags:
         return running.session
     return API_KEY
@@ -308,14 +310,6 @@ def test_a_wrong_method_is_405_on_every_documented_path(running: Running) -> Non
     assert {status for _, _, status, _ in undeclared_method_answers(running)} == {405}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="405 answers carry no Allow header (RFC 9110 §15.5.6 requires one; schemathesis's"
-    " unsupported_method check reports it): e.g. PUT /checkout/invoice -> 405"
-    ' {"code": "method_not_allowed", ...} without Allow. The fix is in the hot-path modules'
-    " (web/front_door.py's _unmatched and shaped_error, the proxy's MethodNotAllowed from the"
-    " route allowlist): reported, not fixed here",
-)
 def test_a_405_names_the_allowed_methods(running: Running) -> None:
     documented = {
         path: {m.upper() for m in item if m in {"get", "post", "delete"}}
