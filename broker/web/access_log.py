@@ -21,6 +21,15 @@ MAX_LOGGED_PATH = 256
 
 
 class AccessLogger(AbstractAccessLogger):
+    """aiohttp makes one per connection, after logging is configured; the line's fields
+    are built once, here, and those without a value (``None``) are left out where every
+    line is rendered (``broker.observability.logs.LineRenderer``)."""
+
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        # The configured logger itself: the module's lazy proxy would rebuild it per line.
+        self._log = log.bind()
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         exchange = request.get(exchange_key)
         path = request.raw_path.partition("?")[0][:MAX_LOGGED_PATH]
@@ -44,13 +53,13 @@ class AccessLogger(AbstractAccessLogger):
                 token_outcome=exchange.token_outcome,
                 error_code=exchange.error_code,
             )
-        log.info("request_finished", **fields)
+        self._log.info("request_finished", **fields)
 
     @property
     def enabled(self) -> bool:
         # Read by aiohttp once per connection: below info it then neither times the
         # requests nor calls log(), which would build the fields for nothing.
-        return bool(log.is_enabled_for(logging.INFO))
+        return bool(self._log.is_enabled_for(logging.INFO))
 
 
 def _milliseconds(value: float | None) -> float | None:
