@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from broker.observability.exchange import UNMATCHED
-from broker.observability.logs import get_logger
+from broker.observability.logs import get_logger, log_fields
 from broker.web.keys import exchange_key
 
 log = get_logger("broker.access")
@@ -43,17 +43,17 @@ class AccessLogger(AbstractAccessLogger):
         if exchange is None:  # refused before any route (parser, CONNECT): no front door
             fields["route"] = UNMATCHED
         else:
-            fields.update(
-                request_id=exchange.request_id,
-                route=exchange.route,
-                customer_id=exchange.customer_id,
-                invoice_id=exchange.invoice_id,
-                upstream_status=exchange.upstream_status,
-                upstream_ms=_milliseconds(exchange.upstream_ms),
-                token_outcome=exchange.token_outcome,
-                error_code=exchange.error_code,
-            )
-        self._log.info("request_finished", **fields)
+            fields |= {
+                "request_id": exchange.request_id,
+                "route": exchange.route,
+                "customer_id": exchange.customer_id,
+                "invoice_id": exchange.invoice_id,
+                "upstream_status": exchange.upstream_status,
+                "upstream_ms": _milliseconds(exchange.upstream_ms),
+                "token_outcome": exchange.token_outcome,
+                "error_code": exchange.error_code,
+            }
+        log_fields(self._log, "request_finished", fields)
 
     @property
     def enabled(self) -> bool:
