@@ -73,7 +73,11 @@ def run_expiry(settings: RunSettings, progress: Callable[[str], None]) -> list[E
         for label, ttl in (("steady", LONG_TOKEN_TTL), ("expiry", SHORT_TOKEN_TTL)):
             sandbox = launcher.sandbox(f"expiry-{label}-sandbox", ttl)
             upstream = launcher.upstream(f"expiry-{label}-upstream", sandbox)
-            options = BrokerOptions(max_connections=settings.broker_max_connections)
+            options = BrokerOptions(
+                max_connections=settings.broker_max_connections,
+                log_level=None,
+                python=settings.builds.image,
+            )
             broker = launcher.broker(f"expiry-{label}-broker", upstream, options)
             stacks[label] = (ttl, sandbox, broker)
         tokens = issue_sessions(
@@ -81,7 +85,7 @@ def run_expiry(settings: RunSettings, progress: Callable[[str], None]) -> list[E
         )
         for repeat in range(settings.repeat):
             for label, (ttl, sandbox, broker) in stacks.items():
-                row = Row("broker1", broker, (broker.proc,), pinned=True)
+                row = Row("image", broker, (broker.proc,), pinned=True)
                 layout_name, cpus = layout(procs, row)
                 load = Load(
                     connections=CONNECTIONS,

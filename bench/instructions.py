@@ -1,6 +1,6 @@
 """User-space instructions per proxied request, counted by valgrind's callgrind.
 
-    python3 bench/instructions.py [--seconds 15] [--floor]
+    python3 bench/instructions.py [--seconds 15] [--floor] [--log-level info]
 
 Timings on this virtual machine swing by up to 2x within minutes; instruction counts
 do not (the same build counts within ~0.5 % from run to run, whatever else the machine
@@ -9,12 +9,14 @@ time by ``bench/run.py``. What this cannot see: the kernel (callgrind counts use
 only) and memory stalls (a lever that saves instructions but touches more memory shows
 a win here that run.py may not confirm).
 
-The broker (log level warning, the transport ``BROKER_UPSTREAM_TRANSPORT`` names, as in
-run.py) runs under callgrind behind the fast nginx upstream; wrk drives 1000 sessions
-over 16 connections for 30 s (every key minted), then counting starts, and it stops after
-the measured run: instructions / requests. ``--floor`` counts the lean floor (aiohttp's
+The broker (log level warning unless ``--log-level`` says otherwise: ``info``, the
+default configuration's, adds one ``request_finished`` line per request; the transport
+``BROKER_UPSTREAM_TRANSPORT`` names, else the default) runs under callgrind behind the
+fast nginx upstream; wrk drives 1000 sessions over 16 connections for 30 s, and on
+until a run mints nothing (see ``warm``), then counting starts, and it stops after the
+measured run: instructions / requests. ``--floor`` counts the lean floor (aiohttp's
 server and the lean client, nothing else; see bare_proxy.py) the same way. A run takes
-~2 minutes; valgrind is a Debian package.
+~2 minutes (more on a busy machine); valgrind is a Debian package.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from load import Load, run_wrk
 from procs import ALL_CPUS, BenchError, Procs
 from profiles import LONG_TOKEN_TTL
 from run import ensure_interpreter
-from servers import BrokerOptions, Launcher, Server, issue_sessions
+from servers import BrokerOptions, Launcher, Server, issue_sessions, sandbox_stats
 
 CONNECTIONS = 16  # enough to keep a broker slowed ~50x by callgrind busy
 SESSIONS = 1000
 WARM_RUNS, WARM_SECONDS = 3, 10.0
+MORE_WARM_RUNS = 10
 _TOTALS = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
 
@@ -44,6 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="measured run")
     parser.add_argument("--floor", action="store_true", help="also the lean floor")
+    parser.add_argument(
+        "--log-level", default="warning", help="logging.level (info: a line per request)"
+    )
     args = parser.parse_args()
     valgrind = shutil.which("valgrind")
     control = shutil.which("callgrind_control")
@@ -59,22 +65,35 @@ def main() -> None:
         procs.stop(issuer.proc)
         out = workdir / "callgrind.out"
         wrapper = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"]
-        broker = launcher.broker("broker", upstream, BrokerOptions(), wrapper)
-        warm(broker, tokens)
-        report("broker", broker, tokens, control, out, args.seconds)
+        options = BrokerOptions(log_level=args.log_level)
+        broker = launcher.broker("broker", upstream, options, wrapper)
+        warm(broker, tokens, sandbox, args.seconds)
+        report(f"broker, log level {args.log_level}", broker, tokens, control, out, args.seconds)
         procs.stop(broker.proc)
         if args.floor:
             out = workdir / "callgrind-floor.out"
             wrapper = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"]
             floor = launcher.bare_proxy("floor", upstream, "lean", wrapper)
-            warm(floor, tokens)
+            warm(floor, tokens, sandbox, args.seconds)
             report("floor: aiohttp server + lean client", floor, tokens, control, out, args.seconds)
 
 
-def warm(server: Server, tokens: Path) -> None:
-    """Every key used (and minted) a few times over, at callgrind's pace (~300 req/s)."""
+def warm(server: Server, tokens: Path, sandbox: Server, seconds: float) -> None:
+    """A few runs, then more until one as long as the measured run mints nothing.
+
+    Each wrk run starts at the first session, so the measured run uses the keys a run
+    of its length reaches: at callgrind's pace on a busy machine (~40 req/s rather than
+    ~300) that is where warm-up must have minted, or mints are counted as requests."""
     for _ in range(WARM_RUNS):
         run_wrk(server.base_url, tokens, Load(CONNECTIONS, WARM_SECONDS, ALL_CPUS))
+    before = sandbox_stats(sandbox)["tokens_issued"]
+    for _ in range(MORE_WARM_RUNS):
+        run_wrk(server.base_url, tokens, Load(CONNECTIONS, seconds * 1.5, ALL_CPUS))
+        after = sandbox_stats(sandbox)["tokens_issued"]
+        if after == before:
+            return
+        before = after
+    raise BenchError(f"{server.name}: still minting after {MORE_WARM_RUNS} warm-up runs")
 
 
 def report(

@@ -51,7 +51,9 @@ def run_memory(settings: RunSettings, progress: Callable[[str], None]) -> dict[s
         launcher = Launcher(procs, settings.workdir)
         sandbox = launcher.sandbox("memory-sandbox", LONG_TOKEN_TTL)
         upstream = launcher.upstream("memory-upstream", sandbox)
-        options = BrokerOptions(max_entries=2 * (keys + WARM_KEYS))
+        options = BrokerOptions(
+            max_entries=2 * (keys + WARM_KEYS), log_level=None, python=settings.builds.image
+        )
         broker = launcher.broker("memory-broker", upstream, options)
         rss_idle = rss_bytes(broker.proc.tree())
         _fill(broker, 0, WARM_KEYS)

@@ -75,7 +75,7 @@ class Procs:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=None if env is None else {**os.environ, **env},
+                env=env,  # None: this process's environment
                 start_new_session=True,
             )
         proc = Proc(name, popen, log_path)

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
+from builds import Builds
 from load import Load, Sample, measure, run_wrk
 from procs import ALL_CPUS, Proc, Procs, pin
 from servers import BrokerOptions, Launcher, Server, issue_sessions, sandbox_stats
@@ -23,12 +25,16 @@ ROW_LABELS = {
     "direct": "upstream direct",
     "nginx": "reference nginx proxy",
     "bare": "bare aiohttp proxy",
-    "broker1": "broker, 1 worker",
-    "broker2": "broker, 2 workers",
-    "broker1_info": "broker, 1 worker, log level info",
+    "plain": "broker, plain install (`pip install .`), default config",
+    "image": "broker, the image's build (compiled wheel), default config",
+    "image_warning": "broker, the image's build, log level warning",
+    "image2": "broker, the image's build, default config, 2 workers",
     "floor_lean": "floor: aiohttp server + lean client",
     "floor_server": "floor: aiohttp server alone",
 }
+# The default configuration (BrokerOptions.log_level None): what a user's config file
+# that only names the upstream, the credentials and the keys runs.
+DEFAULT_CONFIG: Final = None
 # Measured at the first connection count of the fast profile only: what the broker
 # could reach at best while it keeps aiohttp's server (see bench/bare_proxy.py).
 FLOOR_MODES = {"floor_lean": "lean", "floor_server": "answer"}
@@ -47,6 +53,7 @@ class RunSettings:
     memory: bool
     memory_keys: int
     broker_max_connections: int | None
+    builds: Builds
     py_spy: str | None
     workdir: Path
     results_dir: Path
@@ -121,21 +128,24 @@ def run_profile(name: str, settings: RunSettings, progress: Callable[[str], None
         ref = launcher.reference(f"{name}-nginx", upstream)
         bare = launcher.bare_proxy(f"{name}-bare", upstream)
         pool = settings.broker_max_connections
-        brokers = {
-            "broker1": launcher.broker(
-                f"{name}-broker1", upstream, BrokerOptions(max_connections=pool)
+        image = settings.builds.image
+        options = {
+            "plain": BrokerOptions(
+                log_level=DEFAULT_CONFIG, max_connections=pool, python=settings.builds.plain
             ),
-            "broker2": launcher.broker(
-                f"{name}-broker2", upstream, BrokerOptions(workers=2, max_connections=pool)
-            ),
+            "image": BrokerOptions(log_level=DEFAULT_CONFIG, max_connections=pool, python=image),
         }
-        if not slow:
-            brokers["broker1_info"] = launcher.broker(
-                f"{name}-broker1-info",
-                upstream,
-                BrokerOptions(log_level="info", max_connections=pool),
+        if slow:
+            options["image2"] = BrokerOptions(
+                workers=2, log_level=DEFAULT_CONFIG, max_connections=pool, python=image
             )
-        tokens = issue_sessions(brokers["broker1"], settings.sessions, workdir / "tokens.txt")
+        else:
+            options["image_warning"] = BrokerOptions(max_connections=pool, python=image)
+        brokers = {
+            key: launcher.broker(f"{name}-{key}", upstream, option)
+            for key, option in options.items()
+        }
+        tokens = issue_sessions(brokers["image"], settings.sessions, workdir / "tokens.txt")
         progress(f"{name}: {settings.sessions} sessions issued; minting every key in each broker")
         for key, broker in brokers.items():
             result.broker_code[key] = broker.code
@@ -145,26 +155,27 @@ def run_profile(name: str, settings: RunSettings, progress: Callable[[str], None
             Row("nginx", ref, (ref.proc,), pinned=not slow),
             Row("direct", upstream, upstream_procs, pinned=not slow),
             Row("bare", bare, (bare.proc,), pinned=not slow),
-            Row("broker1", brokers["broker1"], (brokers["broker1"].proc,), pinned=not slow),
-            Row("broker2", brokers["broker2"], (brokers["broker2"].proc,), pinned=False),
+            Row("plain", brokers["plain"], (brokers["plain"].proc,), pinned=not slow),
+            Row("image", brokers["image"], (brokers["image"].proc,), pinned=not slow),
         ]
-        if "broker1_info" in brokers:
-            info = brokers["broker1_info"]
-            rows.append(Row("broker1_info", info, (info.proc,), True, settings.connections[:1]))
+        if slow:
+            rows.append(Row("image2", brokers["image2"], (brokers["image2"].proc,), pinned=False))
+        else:
+            warning = brokers["image_warning"]
+            first = settings.connections[:1]
+            rows.append(Row("image_warning", warning, (warning.proc,), True, first))
             for key, mode in FLOOR_MODES.items():
                 floor = launcher.bare_proxy(f"{name}-{key}", upstream, mode)
-                rows.append(Row(key, floor, (floor.proc,), True, settings.connections[:1]))
+                rows.append(Row(key, floor, (floor.proc,), True, first))
         _run_matrix(name, settings, procs, rows, tokens, result, progress, slow=slow)
         stats = sandbox_stats(sandbox)
-        result.mints.update(_mint_summary(stats, caches=4 if not slow else 3))
+        result.mints.update(_mint_summary(stats, caches=len(brokers) + slow))
         if settings.py_spy and not slow:
             from pyspy import profile_broker  # noqa: PLC0415 - optional
 
-            progress("fast: py-spy on the 1-worker broker (an extra run, not in the table)")
-            _, cpus = layout(procs, rows[3])
-            result.pyspy = profile_broker(
-                settings.py_spy, brokers["broker1"], tokens, settings, cpus
-            )
+            progress("fast: py-spy on the image's build (an extra run, not in the table)")
+            _, cpus = layout(procs, rows[4])
+            result.pyspy = profile_broker(settings.py_spy, brokers["image"], tokens, settings, cpus)
     return result
 
 

@@ -35,7 +35,7 @@ def profile_broker(
     cpus: frozenset[int],
 ) -> dict[str, object]:
     seconds = max(5, math.ceil(settings.duration))
-    raw = settings.results_dir / "pyspy-broker1-raw.txt"
+    raw = settings.results_dir / "pyspy-image-raw.txt"
     raw.unlink(missing_ok=True)
     argv = [py_spy, "record", "--pid", str(broker.proc.pid), "--duration", str(seconds)]
     argv += ["--rate", "250", "--nonblocking", "--format", "raw", "--output", str(raw)]

@@ -1,7 +1,11 @@
 """Run the token-broker benchmark and print the markdown table.
 
     python3 bench/run.py [--quick] [--profile fast|slow|all] [--duration S] [--repeat N]
-                         [--memory] [--py-spy PATH]
+                         [--memory] [--py-spy PATH] [--plain-python PY] [--image-python PY]
+
+The brokers run the two builds users install (bench/builds.py: the plain install and the
+image's build, built from this tree and cached) unless --plain-python/--image-python
+name interpreters that have them.
 
 Writes bench/results/<time>-<mode>.json and .md (and latest.json / latest.md).
 Needs nginx, wrk and taskset on PATH, and an interpreter with the package installed
@@ -27,6 +31,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import builds
 from expiry import ExpiryRun, run_expiry
 from memory import run_memory
 from profiles import ProfileResult, RunSettings, run_profile
@@ -63,7 +68,7 @@ def ensure_interpreter(script: str = __file__) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="token-broker benchmark (issue 7)")
+    parser = argparse.ArgumentParser(description="token-broker benchmark (issues 7, 19)")
     parser.add_argument("--quick", action="store_true", help="short runs, 1 repeat, fast only")
     parser.add_argument(
         "--profile",
@@ -83,12 +88,18 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="upstream.max_connections for the brokers (default: the product default)",
     )
+    parser.add_argument(
+        "--plain-python", metavar="PY", help="a Python with the plain wheel installed"
+    )
+    parser.add_argument(
+        "--image-python", metavar="PY", help="a Python with the compiled wheel installed"
+    )
     parser.add_argument("--py-spy", metavar="PATH", help="py-spy binary: profile the broker")
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
     return parser
 
 
-def _settings(args: argparse.Namespace, workdir: Path) -> RunSettings:
+def _settings(args: argparse.Namespace, workdir: Path, built: builds.Builds) -> RunSettings:
     quick = args.quick
     profile = args.profile or ("fast" if quick else "all")
     return RunSettings(
@@ -103,6 +114,7 @@ def _settings(args: argparse.Namespace, workdir: Path) -> RunSettings:
         memory=args.memory,
         memory_keys=args.memory_keys,
         broker_max_connections=args.broker_max_connections,
+        builds=built,
         py_spy=args.py_spy,
         workdir=workdir,
         results_dir=RESULTS,
@@ -213,7 +225,7 @@ def _header(argv: list[str], settings: RunSettings, runtime: float) -> list[str]
 
 def _describe(settings: RunSettings) -> str:
     data = dataclasses.asdict(settings)
-    skip = {"workdir", "results_dir", "py_spy"}
+    skip = {"workdir", "results_dir", "py_spy", "builds"}
     return ", ".join(f"{key} {value}" for key, value in data.items() if key not in skip)
 
 
@@ -233,7 +245,8 @@ def main() -> None:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="token-broker-bench-"))
     workdir.chmod(0o711)  # nginx workers (nobody) traverse it; files stay private
-    settings = _settings(args, workdir)
+    built = builds.prepare(_progress, args.plain_python, args.image_python)
+    settings = _settings(args, workdir, built)
     profiles: dict[str, ProfileResult] = {}
     expiry: list[ExpiryRun] = []
     memory: dict[str, object] | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -50,10 +51,14 @@ class Server:
 @dataclass(frozen=True)
 class BrokerOptions:
     workers: int = 1
-    log_level: str = "warning"
+    # None: the default configuration's (info: one request_finished line per request),
+    # with no BROKER_* variable of this environment passed on (BROKER_UPSTREAM_TRANSPORT,
+    # say), so that the broker runs what a user's configuration runs.
+    log_level: str | None = "warning"
     max_entries: int = 100_000
     max_connections: int | None = None  # None: the product default (upstream.max_connections)
     session_ttl: int = 86400  # bench/soak.py lets sessions expire under load
+    python: str | None = None  # None: this interpreter's broker
 
 
 class Launcher:
@@ -133,9 +138,13 @@ class Launcher:
         port = free_port()
         config = self.workdir / f"{name}.toml"
         config.write_text(self._broker_toml(port, upstream, options))
-        argv = [*wrapper, self.python, *BROKER_MODULE, "serve", "--config", str(config)]
-        code = broker_code()
-        proc = self._start(name, argv)
+        python = options.python or self.python
+        argv = [*wrapper, python, *BROKER_MODULE, "serve", "--config", str(config)]
+        code = broker_code(python)
+        env = None
+        if options.log_level is None:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+        proc = self.procs.start(name, argv, env=env)
         # With several workers each answers some probes: ask until several in a row pass.
         for _ in range(4 * options.workers):
             wait_until_ok(proc, port, "/readyz", timeout=180.0 if wrapper else 60.0)
@@ -158,6 +167,9 @@ class Launcher:
             if options.max_connections is None
             else f"max_connections = {options.max_connections}\n"
         )
+        logging = ""
+        if options.log_level is not None:
+            logging = f'\n[logging]\nformat = "json"\nlevel = "{options.log_level}"\n'
         return f"""\
 [server]
 host = "127.0.0.1"
@@ -187,17 +199,13 @@ session_requests_per_second = {HIGH_RATE}
 session_burst = {HIGH_BURST}
 init_requests_per_second = {HIGH_RATE}
 init_burst = {HIGH_BURST}
-
-[logging]
-format = "json"
-level = "{options.log_level}"
-
+{logging}
 [metrics]
 bearer_token = "{METRICS_TOKEN}"
 """
 
 
-def broker_code() -> str:
+def broker_code(python: str | None = None) -> str:
     """The commit of broker/, plus a fingerprint of any uncommitted change to it.
 
     Others may edit broker/ while a run goes on; each broker records what it ran.
@@ -217,17 +225,17 @@ def broker_code() -> str:
     untracked = git("ls-files", "--others", "--exclude-standard", "--", "broker").split()
     for path in sorted(untracked):
         changes.update(path + b"\0" + (repo / path.decode()).read_bytes())
-    compiled = "+compiled" if _compiled_build(repo) else ""
+    compiled = "+compiled" if _compiled_build(repo, python or sys.executable) else ""
     if not untracked and changes.digest() == hashlib.sha256(b"").digest():
         return head + compiled
     return f"{head}+local:{changes.hexdigest()[:8]}{compiled}"
 
 
-def _compiled_build(repo: Path) -> bool:
-    """Whether the broker the bench starts (this interpreter) runs the request path
-    compiled: true where its environment has the compiled wheel installed."""
+def _compiled_build(repo: Path, python: str) -> bool:
+    """Whether the broker *python* starts runs the request path compiled: true where
+    its environment has the compiled wheel installed."""
     check = subprocess.run(
-        [sys.executable, "-P", "-c", "import broker; print(broker.compiled())"],
+        [python, "-P", "-c", "import broker; print(broker.compiled())"],
         capture_output=True,
         text=True,
         check=False,

@@ -83,7 +83,8 @@ def make_settings(upstream_url: URL | str, **overrides: Any) -> Settings:
         rate_limit_per_second=overrides.pop("rate_limit_per_second", 1000.0),
         rate_limit_max_wait=overrides.pop("rate_limit_max_wait", 2.0),
         proxy_prefixes=overrides.pop("proxy_prefixes", ("/checkout/",)),
-        transport=overrides.pop("transport", "aiohttp"),
+        # Absent: upstream.transport's default.
+        **({"transport": overrides.pop("transport")} if "transport" in overrides else {}),
     )
     sessions = SessionSettings(
         signing_key=overrides.pop("signing_key", signing_key()),

@@ -142,12 +142,12 @@ class UpstreamSettings:
         maximum=100_000,
         doc="upstream connections one customer's calls may hold at once (more get 503)",
     )
-    # The proxy path's HTTP client (see lean_transport).
+    # The proxy path's HTTP client (broker/upstream/lean.py); aiohttp's stays the fallback.
     transport: str = setting(
-        "aiohttp",
+        "lean",
         choices=TRANSPORTS,
-        doc="proxy-path HTTP client: `aiohttp`, or `lean` (a keep-alive HTTP/1.1 pool on"
-        " httptools/llhttp, less CPU per request)",
+        doc="proxy-path HTTP client: `lean` (a keep-alive HTTP/1.1 pool on httptools/llhttp,"
+        " less CPU per request), or `aiohttp` (the fallback)",
     )
 
 

@@ -61,9 +61,14 @@ def redact(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> Event
     for name, value in event_dict.items():
         if _secret_name(name):
             event_dict[name] = "<redacted>"
-        elif isinstance(value, str) and ("eyJ" in value or "earer" in value or "asic" in value):
+        elif isinstance(value, str) and _suspect(value):
             event_dict[name] = redact_text(value)
     return event_dict
+
+
+def _suspect(text: str) -> bool:
+    # What redact_text may replace (a JWT, a bearer or basic credential) contains one of these.
+    return "eyJ" in text or "earer" in text or "asic" in text
 
 
 def _judge_name(name: str) -> bool:
@@ -74,6 +79,57 @@ def _judge_name(name: str) -> bool:
 # Field names are few and fixed by the code, so each is judged once (this runs for
 # every field of every line).
 _secret_name: Final = memo(_judge_name, 4096)
+
+
+_Step = Callable[[WrappedLogger, str, EventDict], EventDict]
+
+
+class LineRenderer:
+    """The last processor of every line: drops the fields without a value (``None``),
+    redacts (see ``redact``) and renders, as JSON or for the console.
+
+    A JSON line is rendered first and scanned once, in C, for what redaction looks
+    for (a field name not yet judged safe; in the text, what a JWT or a credential
+    contains); only a line that has some is redacted field by field and rendered
+    again, and the text of that line is redacted as a whole too, nested values
+    (an exception's message, say) included. The console renderer consumes the
+    fields it renders, so there the fields are redacted first."""
+
+    def __init__(self, console: bool) -> None:
+        self._console = console
+        if console:
+            # plain_traceback: rich's default formatter would print frame locals.
+            self._console_renderer: Processor = structlog.dev.ConsoleRenderer(
+                exception_formatter=structlog.dev.plain_traceback
+            )
+            self._tracebacks: _Step = _identity
+        else:
+            self._tracebacks = structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        # Names seen and judged not secret: a line of only those skips the judging.
+        self._safe_names: set[str] = set()
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+        fields: EventDict = {n: value for n, value in event_dict.items() if value is not None}
+        if "exc_info" in fields:
+            fields = self._tracebacks(logger, method, fields)
+        if self._console:
+            rendered = self._console_renderer(logger, method, redact(logger, method, fields))
+            return str(rendered)
+        line = _dumps(fields)
+        if fields.keys() <= self._safe_names and not _suspect(line):
+            return line
+        self._learn_names(fields)
+        return redact_text(_dumps(redact(logger, method, fields)))
+
+    def _learn_names(self, fields: EventDict) -> None:
+        for name in fields:
+            if len(self._safe_names) < _KNOWN_NAMES and not _secret_name(name):
+                self._safe_names.add(name)
+
+
+_KNOWN_NAMES: Final = 4096
 
 
 def scrub_aiohttp_records(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
@@ -94,6 +150,19 @@ def scrub_aiohttp_records(_logger: WrappedLogger, _method: str, event_dict: Even
 def get_logger(name: str) -> Any:
     """A structlog logger whose events carry ``logger=<name>``; safe at import time."""
     return structlog.get_logger(logger_name=name)
+
+
+def log_fields(logger: Any, event: str, fields: dict[str, object]) -> None:
+    """``logger.info(event, **fields)`` for the line written per request: the same
+    processors and output, with *fields* handed to structlog as the dict it is. Its
+    keyword path (method, proxy, event) copies them three times, which costs about as
+    much as rendering the line; ``_process_event`` is its documented hook for
+    wrappers, and copies them once. *logger* is a bound logger (``bind()``)."""
+    try:
+        args, kwargs = logger._process_event("info", event, fields)
+    except structlog.DropEvent:
+        return
+    logger._logger.info(*args, **kwargs)
 
 
 def _add_request_id(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
@@ -125,18 +194,7 @@ def configure_logging(
     rendered by the same processors through a ProcessorFormatter on the same stream.
     """
     stream = stream or sys.stdout
-    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
-    renderer: Processor
-    tracebacks: Processor
-    if use_console:
-        # plain_traceback: rich's default formatter would print frame locals.
-        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
-        tracebacks = _identity
-    else:
-        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
-        tracebacks = structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-        )
+    renderer = LineRenderer(console=fmt == "console" or (fmt == "auto" and stream.isatty()))
     timestamper = IsoTimestamp()
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
@@ -145,8 +203,6 @@ def configure_logging(
             structlog.processors.add_log_level,
             _name_field,
             timestamper,
-            tracebacks,
-            redact,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
@@ -164,8 +220,6 @@ def configure_logging(
         processors=[
             scrub_aiohttp_records,
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            tracebacks,
-            redact,
             renderer,
         ],
     )

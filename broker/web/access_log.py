@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from broker.observability.exchange import UNMATCHED
-from broker.observability.logs import get_logger
+from broker.observability.logs import get_logger, log_fields
 from broker.web.keys import exchange_key
 
 log = get_logger("broker.access")
@@ -21,6 +21,15 @@ MAX_LOGGED_PATH = 256
 
 
 class AccessLogger(AbstractAccessLogger):
+    """aiohttp makes one per connection, after logging is configured; the line's fields
+    are built once, here, and those without a value (``None``) are left out where every
+    line is rendered (``broker.observability.logs.LineRenderer``)."""
+
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        # The configured logger itself: the module's lazy proxy would rebuild it per line.
+        self._log = log.bind()
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         exchange = request.get(exchange_key)
         path = request.raw_path.partition("?")[0][:MAX_LOGGED_PATH]
@@ -34,29 +43,29 @@ class AccessLogger(AbstractAccessLogger):
         if exchange is None:  # refused before any route (parser, CONNECT): no front door
             fields["route"] = UNMATCHED
         else:
-            fields.update(
-                request_id=exchange.request_id,
-                route=exchange.route,
-                customer_id=exchange.customer_id,
-                invoice_id=exchange.invoice_id,
-                upstream_status=exchange.upstream_status,
-                upstream_ms=_milliseconds(exchange.upstream_ms),
-                upstream_error_code=exchange.upstream_error_code,
-                token_outcome=exchange.token_outcome,
-                error_code=exchange.error_code,
-            )
+            fields |= {
+                "request_id": exchange.request_id,
+                "route": exchange.route,
+                "customer_id": exchange.customer_id,
+                "invoice_id": exchange.invoice_id,
+                "upstream_status": exchange.upstream_status,
+                "upstream_ms": _milliseconds(exchange.upstream_ms),
+                "upstream_error_code": exchange.upstream_error_code,
+                "token_outcome": exchange.token_outcome,
+                "error_code": exchange.error_code,
+            }
             if exchange.reason is not None:  # a refusal: who asked, and why (never in the answer)
                 fields["reason"] = exchange.reason
                 fields["auth"] = exchange.auth
                 if exchange.caller is not None:
                     fields["caller"] = exchange.caller
-        log.info("request_finished", **fields)
+        log_fields(self._log, "request_finished", fields)
 
     @property
     def enabled(self) -> bool:
         # Read by aiohttp once per connection: below info it then neither times the
         # requests nor calls log(), which would build the fields for nothing.
-        return bool(log.is_enabled_for(logging.INFO))
+        return bool(self._log.is_enabled_for(logging.INFO))
 
 
 def _milliseconds(value: float | None) -> float | None:

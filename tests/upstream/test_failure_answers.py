@@ -120,9 +120,9 @@ def test_an_upstream_5xx_reaches_the_browser_as_the_brokers_error(
         assert line["upstream_status"] == answer.status
         assert line["error_code"] == UpstreamFailure.code
         if len(answer.body) <= FAILURE_BODY_LIMIT:
-            assert line["upstream_error_code"] == expected_code(code, answer)
+            assert line.get("upstream_error_code") == expected_code(code, answer)
         else:
-            assert line["upstream_error_code"] is None  # not read: too large to bother
+            assert "upstream_error_code" not in line  # not read: too large to bother
     assert CANARY not in "".join(
         json.dumps(line) for line in logs.events() if line.get("event") == "request_finished"
     )

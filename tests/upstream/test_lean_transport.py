@@ -979,9 +979,9 @@ def test_the_transport_is_chosen_in_configuration(tmp_path: Path) -> None:
         "BROKER_SESSIONS_SIGNING_KEY_FILE": str(key_file),
     }
     defaults = REPO / "config" / "broker.toml"
-    assert load_settings(defaults, environ).upstream.transport == "aiohttp"
-    lean = {**environ, "BROKER_UPSTREAM_TRANSPORT": "lean"}
-    assert load_settings(defaults, lean).upstream.transport == "lean"
+    assert load_settings(defaults, environ).upstream.transport == "lean"
+    fallback = {**environ, "BROKER_UPSTREAM_TRANSPORT": "aiohttp"}
+    assert load_settings(defaults, fallback).upstream.transport == "aiohttp"
     with pytest.raises(ConfigError, match=r"upstream\.transport: must be one of aiohttp, lean"):
         load_settings(defaults, {**environ, "BROKER_UPSTREAM_TRANSPORT": "httpx"})
 

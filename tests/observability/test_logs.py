@@ -1,0 +1,116 @@
+"""Log lines as written: only the fields with a value, and never a credential."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from broker.credentials import fingerprint
+from broker.observability.logs import configure_logging, get_logger
+from tests.conftest import BrokerClient, LogCapture, new_session
+from tests.helpers import auth
+
+JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJjdXNfYWxpY2UifQ.c2lnbmF0dXJlLWJ5dGVz"
+
+
+@pytest.fixture
+def written() -> Iterator[io.StringIO]:
+    """The stream lines are written to; the format is the test's to configure."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    yield io.StringIO()
+    root.handlers[:], root.level = saved
+    structlog.reset_defaults()
+
+
+def _json_lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_request_finished_writes_only_the_fields_with_a_value(
+    broker: BrokerClient, logs: LogCapture
+) -> None:
+    assert (await broker.get("/healthz", headers={"X-Request-Id": "req-health"})).status == 200
+    session = await new_session(broker)
+    assert (await broker.get("/checkout/invoice", headers=auth(session))).status == 200
+    finished = {e["path"]: e for e in logs.events("request_finished")}
+
+    health = finished["/healthz"]
+    assert None not in health.values()
+    for absent in ("customer_id", "invoice_id", "upstream_status", "upstream_ms", "error_code"):
+        assert absent not in health
+    assert health["request_id"] == "req-health"
+    assert health["status"] == 200
+    proxied = finished["/checkout/invoice"]
+    assert None not in proxied.values()
+    assert "error_code" not in proxied
+    assert proxied["customer_id"] == "cus_alice"
+    assert proxied["upstream_status"] == 200
+    assert "null" not in logs.text
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_fields_without_a_value_are_left_out_in_both_formats(
+    written: io.StringIO, fmt: str
+) -> None:
+    configure_logging(fmt=fmt, level="info", stream=written, cache=False)
+    get_logger("broker.access").info(
+        "request_finished", status=200, customer_id=None, error_code=None, route="/healthz"
+    )
+    text = written.getvalue()
+    assert "request_finished" in text
+    assert "route" in text
+    assert "/healthz" in text
+    assert "customer_id" not in text
+    assert "error_code" not in text
+    assert "None" not in text
+    assert "null" not in text
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_credentials_are_redacted_in_both_formats(written: io.StringIO, fmt: str) -> None:
+    configure_logging(fmt=fmt, level="info", stream=written, cache=False)
+    log = get_logger("broker.test")
+    for _ in range(2):  # the second time, every field name is one judged before
+        log.info(
+            "seen",
+            path=f"/checkout/{JWT}",
+            header="Bearer s3cr3t-value",
+            client_secret="hunter2-secret",
+        )
+    text = written.getvalue()
+    for secret in (JWT, "s3cr3t-value", "hunter2-secret"):
+        assert secret not in text
+    assert text.count(f"<jwt:{fingerprint(JWT)}>") == 2
+    assert text.count("<redacted>") == 4
+
+
+def test_a_credential_nested_in_a_json_traceback_is_redacted(written: io.StringIO) -> None:
+    configure_logging(fmt="json", level="info", stream=written, cache=False)
+    try:
+        raise ValueError(f"upstream said Bearer {JWT}")
+    except ValueError:
+        get_logger("broker.test").exception("failed")
+    (line,) = _json_lines(written)
+    assert "exception" in line
+    assert JWT not in written.getvalue()
+    assert fingerprint(JWT) in written.getvalue()
+
+
+def test_lines_without_a_credential_are_written_as_given(written: io.StringIO) -> None:
+    configure_logging(fmt="json", level="info", stream=written, cache=False)
+    log = get_logger("broker.test")
+    for _ in range(2):
+        log.info("plain", basics="a-b", count=3, ratio=0.5, nested={"k": [1, "two"]})
+    first, second = _json_lines(written)
+    for line in (first, second):
+        assert line["basics"] == "a-b"
+        assert line["count"] == 3
+        assert line["nested"] == {"k": [1, "two"]}
+        assert line["logger"] == "broker.test"
+        assert line["level"] == "info"
