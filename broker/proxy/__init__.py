@@ -1,2 +1,23 @@
 """What may be forwarded and how: the raw-target rules, the route allowlist, CORS,
 per-client limits, and the relay that forwards a request and streams the answer back."""
+
+from broker.proxy.allowlist import RouteTable
+from broker.proxy.cors import CorsPolicy
+from broker.proxy.finishing import finish_headers
+from broker.proxy.forwarder import Forwarder
+from broker.proxy.relay import read_body, relay_response, upstream_failure
+from broker.proxy.targets import ProxyTargets
+from broker.proxy.throttle import TokenBuckets, client_ip
+
+__all__ = [
+    "CorsPolicy",
+    "Forwarder",
+    "ProxyTargets",
+    "RouteTable",
+    "TokenBuckets",
+    "client_ip",
+    "finish_headers",
+    "read_body",
+    "relay_response",
+    "upstream_failure",
+]

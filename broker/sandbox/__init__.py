@@ -7,7 +7,16 @@ against it; the broker's tests and benchmarks use it as their upstream.
 """
 
 from broker.sandbox.app import create_sandbox_app
+from broker.sandbox.catalog import Catalog
+from broker.sandbox.demo_data import seed
 from broker.sandbox.settings import SandboxSettings
 from broker.sandbox.state import SandboxState, sandbox_state_key
 
-__all__ = ["SandboxSettings", "SandboxState", "create_sandbox_app", "sandbox_state_key"]
+__all__ = [
+    "Catalog",
+    "SandboxSettings",
+    "SandboxState",
+    "create_sandbox_app",
+    "sandbox_state_key",
+    "seed",
+]

@@ -117,6 +117,10 @@ def test_full_payment_flow_with_a_new_bank_account(open_page: OpenPage, broker: 
     assert all("googleapis" in url or "evervault" in url for url in visit.network.blocked)
 
 
+# Slow: it waits out a session (SESSION_TTL). Fast, the broker's side of it: an expired
+# session is a 401 invalid_token (tests/auth/test_sessions.py) and the demo backend hands
+# out a fresh one (tests/demo/test_demo.py).
+@pytest.mark.slow
 def test_a_session_expiring_mid_flow_is_renewed_and_the_payment_goes_through(
     open_page: OpenPage, broker: Broker
 ) -> None:
@@ -168,6 +172,10 @@ def test_the_individual_components_render_the_invoice(open_page: OpenPage, broke
     assert statuses["/payment-methods"] == 200
 
 
+# Slow: it waits out the SDK's retries (1, 2, 4 s). Fast, the broker's side of it: a
+# preflight from an origin not allowed is a 403 without CORS headers
+# (tests/security/test_cors.py), logged with the origin (tests/demo/test_demo.py).
+@pytest.mark.slow
 def test_a_page_from_an_origin_not_allowed_gets_no_data(
     open_page: OpenPage, broker: Broker
 ) -> None:

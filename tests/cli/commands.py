@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import aiohttp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.helpers import API_KEY, auth
 
@@ -20,9 +22,23 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def write_config(tmp_path: Path, upstream: str, port: int, extra: str = "") -> Path:
+def private_pem() -> bytes:
+    """A new ES256 key (never tests.helpers.signing_key) as `token-broker keygen` prints
+    it (PKCS#8 PEM), made in-process: a process per configuration cost a second a test.
+    That keygen's own output is what a configuration takes is test_cli.py's
+    test_keygen_prints_an_es256_private_key."""
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def write_config(
+    tmp_path: Path, upstream: str, port: int, extra: str = "", key_pem: bytes | None = None
+) -> Path:
     key = tmp_path / "signing.pem"
-    key.write_text(run_cli("keygen").stdout)
+    key.write_bytes(private_pem() if key_pem is None else key_pem)
     config = tmp_path / "broker.toml"
     config.write_text(
         f"""

@@ -14,9 +14,11 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from broker.config.model import load_settings
 from tests.cli.commands import (
     BROKER,
     alice_session,
+    private_pem,
     run_cli,
     start_broker,
     write_config,
@@ -25,12 +27,17 @@ from tests.conftest import MakeSandbox
 from tests.helpers import API_KEY, auth
 
 
-def test_keygen_prints_an_es256_private_key() -> None:
+def test_keygen_prints_an_es256_private_key(tmp_path: Path) -> None:
     result = run_cli("keygen")
     assert result.returncode == 0
     key = load_pem_private_key(result.stdout.encode(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert key.curve.name == "secp256r1"
+    # What it prints is what a configuration takes, in the form the other tests' keys have.
+    config = write_config(tmp_path, "http://127.0.0.1:1", 8080, key_pem=result.stdout.encode())
+    loaded = load_settings(config, {}).sessions.signing_key
+    assert loaded.public_key().public_numbers() == key.public_key().public_numbers()
+    assert result.stdout.splitlines()[0] == private_pem().decode().splitlines()[0]
 
 
 def test_usage_errors_exit_2() -> None:

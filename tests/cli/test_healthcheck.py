@@ -58,7 +58,7 @@ async def test_healthcheck_follows_the_port_the_server_was_given(
 ) -> None:
     """``serve --port P`` with BROKER_SERVER_PORT saying something else: the probe
     follows the port the server listens on, and fails once it has stopped."""
-    port, sandbox_port, decoy = (unused_tcp_port_factory() for _ in range(3))
+    port, sandbox_port, demo_port, decoy = (unused_tcp_port_factory() for _ in range(4))
     path = tmp_path / "run" / "broker.listen"
     monkeypatch.setenv(listen_file.ENVIRONMENT_VARIABLE, str(path))
     monkeypatch.setenv("BROKER_SERVER_PORT", str(decoy))
@@ -67,6 +67,7 @@ async def test_healthcheck_follows_the_port_the_server_was_given(
     process, _ = await start_broker(
         processes, port,
         *BROKER, "serve", "--sandbox", "--port", str(port), "--sandbox-port", str(sandbox_port),
+        "--demo-port", str(demo_port),  # not the default 8082, which anything may hold
     )  # fmt: skip
     assert json.loads(path.read_text())["healthz"] == f"http://127.0.0.1:{port}/healthz"
     answered = await asyncio.to_thread(healthcheck, env)
@@ -82,11 +83,12 @@ async def test_healthcheck_without_a_listen_file_probes_the_url_given(
     unused_tcp_port_factory: Callable[[], int],
     processes: list[asyncio.subprocess.Process],
 ) -> None:
-    port, sandbox_port = unused_tcp_port_factory(), unused_tcp_port_factory()
+    port, sandbox_port, demo_port = (unused_tcp_port_factory() for _ in range(3))
     env = {k: v for k, v in os.environ.items() if k != listen_file.ENVIRONMENT_VARIABLE}
     await start_broker(
         processes, port,
         *BROKER, "serve", "--sandbox", "--port", str(port), "--sandbox-port", str(sandbox_port),
+        "--demo-port", str(demo_port),  # not the default 8082, which anything may hold
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/healthz"
     assert (await asyncio.to_thread(healthcheck, env, "--url", url)).returncode == 0

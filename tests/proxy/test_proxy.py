@@ -293,12 +293,19 @@ async def test_a_stalled_mint_does_not_slow_other_keys(
     stalled = await new_session(broker, "cus_stall", "inv_stall")
     fine = await new_session(broker, "cus_fine", "inv_fine")
     stalled_call = asyncio.ensure_future(broker.get("/checkout/invoice", headers=auth(stalled)))
-    await asyncio.sleep(0.1)
+    # Timed from the moment the stalled mint is held at the sandbox, however late that is.
+    for _ in range(1000):
+        if [r for r in await sandbox.requests() if "cus_stall" in r["body"]]:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the stalled mint never reached the sandbox")
     loop = asyncio.get_running_loop()
     started = loop.time()
     response = await broker.get("/checkout/invoice", headers=auth(fine))
     assert response.status == 200
     assert loop.time() - started < 1.0
     assert not stalled_call.done()
+    await sandbox.reset()  # releases the stall: the stalled mint ends now, not seconds later
     stalled_response = await stalled_call
     assert stalled_response.status in {200, 504}

@@ -93,10 +93,12 @@ async def test_600_concurrent_requests_for_30_cold_keys_mint_each_key_once(
 ) -> None:
     tag = unique_tag()
     keys = [(f"cus_{tag}_{i}", f"inv_{tag}_{i}") for i in range(30)]
+    outages = cluster.events("redis_unavailable")
     # Request n goes to key n % 30 on replica (n // 30) % 3: every key on every replica.
     statuses = await asyncio.gather(
         *(checkout(http, cluster.ports[(n // 30) % 3], *keys[n % 30]) for n in range(600))
     )
+    assert cluster.events("redis_unavailable") == outages, "a replica left the shared cache"
     assert statuses == [200] * 600
     stats = await sandbox_stats(http, cluster)
     assert stats["tokens_issued"] == 30
@@ -111,17 +113,22 @@ async def test_three_replicas_minting_100_keys_stay_within_the_vendor_rate(
     """One budget for the cluster, judged where the vendor judges it: on arrival.
 
     The sandbox refuses (429) the sixth partner call within SANDBOX_RATE_WINDOW, a
-    window that a correct shared budget never fills however late its calls arrive on a
-    loaded machine, and that replicas budgeting on their own overfill many times over.
-    That the budget never grants RATE + 1 slots within WINDOW is pinned exactly, on
-    its own clock, by tests/redis/test_redis_budget.py."""
+    window that a correct shared budget never fills even with each call half a second
+    late (a loaded machine), that a budget granting RATE + 1 a window fills at once, and
+    that replicas budgeting on their own overfill many times over. The replicas must
+    stay on the shared budget throughout: one whose Redis call timed out would budget
+    alone. That the budget never grants RATE + 1 slots within WINDOW is pinned exactly,
+    on its own clock, by tests/redis/test_redis_budget.py."""
     tag = unique_tag()
+    outages = cluster.events("redis_unavailable")
     statuses = await asyncio.gather(
         *(
             checkout(http, cluster.ports[n % 3], f"cus_{tag}_{n}", f"inv_{tag}_{n}")
             for n in range(100)
         )
     )
+    # A replica whose Redis call timed out would have budgeted alone beside the others.
+    assert cluster.events("redis_unavailable") == outages, "a replica left the shared budget"
     assert statuses == [200] * 100
     stats = await sandbox_stats(http, cluster)
     assert stats["tokens_issued"] == 100

@@ -329,6 +329,10 @@ class OwnershipMachine(RuleBasedStateMachine):
                 session.revoked = True
 
 
+# Slow: it waits for sessions to expire on the wall clock. Fast, the same invariants in
+# one state: tests/security/test_ownership_matrix.py (every user x customer x invoice),
+# revocation in tests/security/test_admin.py, expiry in tests/auth/test_sessions.py.
+@pytest.mark.slow
 @pytest.mark.forwarding
 def test_sessions_and_upstream_tokens_always_match_the_owner(transport: str) -> None:
     """20 examples of up to 15 steps in all, shared between the upstream transports."""

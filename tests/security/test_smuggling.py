@@ -262,6 +262,9 @@ async def test_a_request_inside_a_well_framed_body_stays_body_upstream(
 
 
 @pytest.mark.skipif(PURE_PYTHON, reason="this run already uses the pure-Python parser")
+# Slow: a whole second pytest run. Fast: every case above, under the C parser that
+# aiohttp uses wherever its extension is installed (as in the image).
+@pytest.mark.slow
 def test_the_same_module_passes_with_the_pure_python_parser() -> None:
     env = {**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"}
     command = [sys.executable, "-m", "pytest", __file__, "-p", "no:cacheprovider", "-q"]
