@@ -192,7 +192,8 @@ class SessionAuthority:
         reload makes (those it keeps configured it verifies anyway)."""
         kept = {kid: (key, until) for kid, key in self._verify_keys.items()}
         for kid, retired_until in self._retired_until.items():
-            kept[kid] = (self._verify_keys[kid], max(until, retired_until))
+            # Retired by an earlier reload: it signed nothing since, so its own end stands.
+            kept[kid] = (self._verify_keys[kid], retired_until)
         return {kid: kept[kid] for kid in kept if not self._retired(kid)}
 
     def _retired(self, kid: str) -> bool:
