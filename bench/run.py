@@ -190,9 +190,10 @@ def _codes(
     if memory is not None:
         parts.setdefault("memory", set()).add(str(memory.get("broker code")))
     codes = {code for found in parts.values() for code in found}
-    if len(codes) <= 1:
+    # The plain install and the image's build run the same code, one of them compiled.
+    if len({code.removesuffix("+compiled") for code in codes}) <= 1:
         return (
-            f"- broker code measured: {next(iter(codes), '-')} "
+            f"- broker code measured: {', '.join(sorted(codes)) or '-'} "
             "(commit[+local:<hash of changes>][+compiled: the mypyc build])"
         )
     each = "; ".join(f"{part} {', '.join(sorted(found))}" for part, found in parts.items())
