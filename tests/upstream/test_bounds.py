@@ -114,3 +114,39 @@ async def test_an_answer_head_over_32_kib_is_a_502(
     response = await within(DEADLINE, client.get("/checkout/payment-methods", headers=session))
     assert response.status == status
     assert not any(name.startswith("X-Pad") for name in response.headers)
+
+
+def dropping(sandbox: Sandbox, drops: list[str]) -> RawHandler:
+    """The sandbox, except that the checkout calls named in *drops* (one each) find
+    their connection closed before any answer byte. Every answer closes its connection,
+    so each call is on a fresh one (aiohttp's client retries a reused one by itself)."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path in drops:
+            drops.remove(request.path)
+            assert request.transport is not None
+            request.transport.close()
+            await asyncio.sleep(0.05)
+            raise asyncio.CancelledError  # the connection is gone: nothing to answer
+        answer = await sandbox.delegate(request)
+        answer.force_close()
+        return answer
+
+    return handle
+
+
+@pytest.mark.forwarding
+async def test_a_get_reset_before_its_answer_is_retried_once_and_a_post_never(
+    make_broker: MakeBroker, sandbox: Sandbox, aiohttp_raw_server: AiohttpRawServer
+) -> None:
+    drops = ["/checkout/invoice", "/checkout/payments"]
+    raw = await aiohttp_raw_server(dropping(sandbox, drops))
+    client = await broker_before(make_broker, raw)
+    session = auth(await new_session(client))
+    assert (await client.get("/checkout/payment-methods", headers=session)).status == 200
+    assert (await client.get("/checkout/invoice", headers=session)).status == 200
+    payment = {"amount": "1.00", "payment_date": "2026-12-02T00:00:00Z",
+               "payment_method": "card", "payment_method_id": "pm_1"}  # fmt: skip
+    posted = await client.post("/checkout/payments", json=payment, headers=session)
+    assert posted.status == 503  # the upstream may have acted on it: never sent twice
+    assert drops == []
