@@ -347,5 +347,6 @@ async def test_the_event_loop_tasks_gauge_counts_the_loops_tasks(
     client = await make_broker(make_settings(sandbox.url))
     families = await scrape(client)
     tasks = sample(families, "broker_event_loop_tasks")
-    # At least the scheduler and the scrape itself; a handful, not hundreds.
-    assert 2 <= tasks <= len(asyncio.all_tasks()) + 1
+    # At least the token scheduler and the scrape itself; a handful, not hundreds (the
+    # test's own loop: its count moves as connections' tasks end, so no exact figure).
+    assert 2 <= tasks < 100
