@@ -4,6 +4,8 @@ and survived; a transient mint failure is retried once."""
 from __future__ import annotations
 
 import json
+import math
+import time
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -11,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from tests.conftest import LogCapture
 from tests.upstream.answers import (
     Answer,
     Upstream,
@@ -44,8 +47,24 @@ def raw_json(value: object) -> bytes:
     return json.dumps(value).encode()
 
 
+def finite_positive(value: object) -> bool:
+    """What the broker must require of a lifetime or time (written out here, not
+    imported: the test must not share the code's idea of a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value)) and float(value) > 0
+    except OverflowError:
+        return False
+
+
+# A generated answer and whether a correct broker may use it: True (it must), False
+# (it must not: 502/503, nothing forwarded), None (either, as far as this test knows).
+Judged = tuple[Answer, bool | None]
+
+
 @st.composite
-def mint_answers(draw: st.DrawFn) -> Answer:
+def mint_answers(draw: st.DrawFn) -> Judged:
     kind = draw(st.sampled_from(["claims", "fields", "garbage", "deep", "status"]))
     if kind == "claims":
         claims = draw(
@@ -56,37 +75,63 @@ def mint_answers(draw: st.DrawFn) -> Answer:
             )
         )
         token, expires_at = checkout_jwt(0.0, 300.0, **claims)
-        return Answer(body=raw_json({"token": token, "expires_at": expires_at}))
+        return Answer(body=raw_json({"token": token, "expires_at": expires_at})), None
     if kind == "fields":
         token, _ = checkout_jwt()
-        body = {
-            "token": draw(st.sampled_from([token, 1, "", "a b", None])),
-            "expires_at": draw(numbers),
-        }
-        return Answer(body=raw_json(body))
+        value = draw(st.sampled_from([token, 1, "", "a b", None]))
+        expiry = draw(numbers | st.just(time.time() + 300))
+        body = {"token": value, "expires_at": expiry}
+        usable = value == token and finite_positive(expiry)
+        # A usable one may still be refused (an expiry in the past): only "must not".
+        return Answer(body=raw_json(body)), None if usable else False
     if kind == "garbage":
-        return Answer(body=draw(st.binary(max_size=64)) or raw_json(draw(weird_json)))
+        return Answer(body=draw(st.binary(max_size=64)) or raw_json(draw(weird_json))), None
     if kind == "deep":
         depth = draw(st.integers(1_000, 200_000))
-        return Answer(body=b"[" * depth + b"]" * depth)
-    return Answer(status=draw(st.sampled_from([201, 204, 302, 500, 502, 503, 429])), body=b"{}")
+        return Answer(body=b"[" * depth + b"]" * depth), False
+    status = draw(st.sampled_from([201, 204, 302, 500, 502, 503, 429]))
+    return Answer(status=status, body=b"{}"), False
 
 
 @st.composite
-def oauth_answers(draw: st.DrawFn) -> Answer:
+def oauth_answers(draw: st.DrawFn) -> Judged:
+    # Each field good half of the time, so that one bad field alone is often drawn.
     body: dict[str, Any] = {
-        "access_token": draw(st.sampled_from(["a" * 56, "", 5, "x y"])),
-        "expires_in": draw(numbers | st.just(3600)),
-        "token_type": draw(st.sampled_from(["bearer", "Bearer", "BEARER", "mac", "", 3])),
+        "access_token": draw(st.just("a" * 56) | st.sampled_from(["", 5, "x y"])),
+        "expires_in": draw(st.just(3600) | numbers),
+        "token_type": draw(
+            st.sampled_from(["bearer", "Bearer", "BEARER"]) | st.sampled_from(["mac", "", 3])
+        ),
     }
     if draw(st.booleans()):
         del body[draw(st.sampled_from(sorted(body)))]
-    return Answer(body=raw_json(body))
+    token_type = body.get("token_type", "bearer")
+    usable = (
+        body.get("access_token") == "a" * 56
+        and finite_positive(body.get("expires_in"))
+        and isinstance(token_type, str)
+        and token_type.lower() == "bearer"
+    )
+    return Answer(body=raw_json(body)), usable
+
+
+def check(judged: bool | None, status: int, body: dict[str, Any], upstream: Upstream) -> None:
+    assert status in ALLOWED, body
+    if status != 200:
+        assert set(body) == {"code", "message"}
+    else:
+        # Whatever was forwarded verifies: never a malformed or foreign token.
+        assert upstream.served
+    if judged is False:
+        assert status in {502, 503}, (status, body)
+        assert upstream.served == [], "an unusable answer's token was forwarded"
+    elif judged is True:
+        assert status == 200, body
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(mint=mint_answers(), oauth=oauth_answers())
-def test_no_upstream_answer_gives_a_500_or_a_bad_token(mint: Answer, oauth: Answer) -> None:
+def test_no_upstream_answer_gives_a_500_or_a_bad_token(mint: Judged, oauth: Judged) -> None:
     async def scenario(
         client: TestClient[Any, Any], upstream: Upstream, _: CollectorRegistry
     ) -> None:
@@ -95,10 +140,39 @@ def test_no_upstream_answer_gives_a_500_or_a_bad_token(mint: Answer, oauth: Answ
         if status != 200:
             assert set(body) == {"code", "message"}
         else:
-            # Whatever was forwarded verifies: never a malformed or foreign token.
             assert upstream.served
 
-    run_with_broker(Upstream(oauth=lambda: oauth, mint=lambda: mint), scenario)
+    run_with_broker(Upstream(oauth=lambda: oauth[0], mint=lambda: mint[0]), scenario)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(oauth=oauth_answers())
+def test_an_oauth_answer_is_used_exactly_when_it_is_usable(oauth: Judged) -> None:
+    """A bearer token_type (any case), a usable access_token and a finite positive
+    expires_in, or a 502/503 and nothing forwarded; the mint answers well."""
+
+    async def scenario(
+        client: TestClient[Any, Any], upstream: Upstream, _: CollectorRegistry
+    ) -> None:
+        status, body = await checkout_status(client)
+        check(oauth[1], status, body, upstream)
+
+    run_with_broker(Upstream(oauth=lambda: oauth[0]), scenario)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(mint=mint_answers())
+def test_an_unusable_mint_answer_is_never_forwarded(mint: Judged) -> None:
+    """With a good partner token: garbage, deep JSON, non-finite or missing fields and
+    non-200 statuses give 502/503 (never 500) and nothing is forwarded."""
+
+    async def scenario(
+        client: TestClient[Any, Any], upstream: Upstream, _: CollectorRegistry
+    ) -> None:
+        status, body = await checkout_status(client)
+        check(mint[1], status, body, upstream)
+
+    run_with_broker(Upstream(mint=lambda: mint[0]), scenario)
 
 
 def test_a_token_for_another_client_is_refused_and_not_cached() -> None:
@@ -118,7 +192,7 @@ def test_a_token_for_another_client_is_refused_and_not_cached() -> None:
     run_with_broker(Upstream(mint=mint), scenario)
 
 
-def test_an_oauth_lifetime_past_the_maximum_is_clamped() -> None:
+def test_an_oauth_lifetime_past_the_maximum_is_clamped(logs: LogCapture) -> None:
     async def scenario(
         client: TestClient[Any, Any], _: Upstream, registry: CollectorRegistry
     ) -> None:
@@ -126,6 +200,13 @@ def test_an_oauth_lifetime_past_the_maximum_is_clamped() -> None:
 
     oauth = json_answer({"access_token": "a" * 56, "expires_in": 10**12, "token_type": "Bearer"})
     run_with_broker(Upstream(oauth=lambda: oauth), scenario)
+    (clamped,) = logs.events("upstream_lifetime_clamped")
+    assert clamped["kind"] == "oauth"
+    assert clamped["lifetime_s"] == 10**12
+    assert clamped["max_lifetime_s"] == 86_400.0
+    fetched = logs.events("partner_token_fetched")
+    assert fetched
+    assert all(event["expires_in"] <= 86_400 for event in fetched)
 
 
 def test_a_broker_clock_an_hour_ahead_still_uses_fresh_tokens() -> None:
