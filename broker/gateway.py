@@ -19,7 +19,7 @@ from broker.observability.metrics import Metrics
 from broker.observability.tracing import Tracing
 from broker.proxy.allowlist import RouteTable
 from broker.proxy.cors import CorsPolicy
-from broker.proxy.forwarder import Forwarder
+from broker.proxy.forwarder import Forwarder, TracedForwarder
 from broker.proxy.targets import ProxyTargets
 from broker.proxy.throttle import TokenBuckets
 from broker.tokens.budget import RateBudget, SlidingWindowBudget
@@ -29,6 +29,7 @@ from broker.tokens.store import MemoryTokenStore, TokenStore
 from broker.upstream.calls import open_session
 from broker.upstream.lean import LeanTransport
 from broker.upstream.partner_api import PartnerApi
+from broker.upstream.traced import TracedTransport
 from broker.upstream.transport import AiohttpTransport, UpstreamTransport
 
 if TYPE_CHECKING:
@@ -165,17 +166,19 @@ class Gateway:
             tokens=tokens,
             ownership=ownership,
             transport=transport,
-            forwarder=Forwarder(
-                tokens,
-                transport,
-                self.metrics,
-                transport_name=settings.transport,
-                tracing=self.tracing,
-            ),
+            forwarder=self._forwarder(tokens, transport),
             shared=shared,
         )
         # Fetch the partner token now so that readiness tells the truth from the start.
         self._warmup = asyncio.get_running_loop().create_task(partner.probe())
+
+    def _forwarder(self, tokens: CheckoutTokens, transport: UpstreamTransport) -> Forwarder:
+        tracing = self.tracing
+        if tracing is None:
+            return Forwarder(tokens, transport, self.metrics)
+        # Chosen once: with tracing off the proxy path has nothing to test per request.
+        traced = TracedTransport(transport, self.settings.upstream.transport, tracing)
+        return TracedForwarder(tokens, traced, self.metrics, tracing)
 
     async def close(self) -> None:
         if self._warmup is not None:
