@@ -19,7 +19,7 @@ from broker.config.model import DEFAULT_PARTNER, PartnerSettings, Settings
 from broker.observability.metrics import Metrics
 from broker.observability.tracing import Tracing
 from broker.proxy.allowlist import RouteTable
-from broker.proxy.forwarder import Forwarder
+from broker.proxy.forwarder import Forwarder, TracedForwarder
 from broker.proxy.targets import ProxyTargets
 from broker.tokens.budget import RateBudget, SlidingWindowBudget
 from broker.tokens.checkout import CheckoutTokens
@@ -27,6 +27,7 @@ from broker.tokens.partner import PartnerToken
 from broker.tokens.store import MemoryTokenStore
 from broker.upstream.lean import LeanTransport
 from broker.upstream.partner_api import PartnerApi
+from broker.upstream.traced import TracedTransport
 from broker.upstream.transport import AiohttpTransport, UpstreamTransport
 
 if TYPE_CHECKING:
@@ -81,13 +82,7 @@ class Account:
         self.ownership = ownership
         self.targets = targets
         self.transport = transport
-        self.forwarder = Forwarder(
-            tokens,
-            transport,
-            metrics,
-            transport_name="lean" if isinstance(transport, LeanTransport) else "aiohttp",
-            tracing=tracing,
-        )
+        self.forwarder = _forwarder(tokens, transport, metrics, tracing)
         self.shared = shared
 
     def __repr__(self) -> str:
@@ -120,6 +115,19 @@ class Account:
         await self.transport.close()
         if self.shared is not None:
             await self.shared.close()
+
+
+def _forwarder(
+    tokens: CheckoutTokens,
+    transport: UpstreamTransport,
+    metrics: Metrics,
+    tracing: Tracing | None,
+) -> Forwarder:
+    if tracing is None:
+        return Forwarder(tokens, transport, metrics)
+    # Chosen once: with tracing off the proxy path has nothing to test per request.
+    name = "lean" if isinstance(transport, LeanTransport) else "aiohttp"
+    return TracedForwarder(tokens, TracedTransport(transport, name, tracing), metrics, tracing)
 
 
 def identity_of(settings: Settings, partner: PartnerSettings) -> tuple[object, ...]:

@@ -56,11 +56,12 @@ def create_app(
         add_routes(router, door, GET_HEAD, "/metrics", _bearer_only(registry, token))
     for path in SESSION_INIT_PATHS:
         add_routes(router, door, (hdrs.METH_POST,), path, handlers.issue_session)
+    proxy = handlers.proxy if tracing is None else handlers.traced_proxy
     for prefix in settings.upstream.proxy_prefixes:
         # [\s\S]: aiohttp matches the *decoded* path, and "." would let an encoded
         # newline fall through to a 404 instead of the path checks' 400.
         tail = prefix + "{tail:[\\s\\S]*}"
-        add_routes(router, door, (hdrs.METH_ANY,), tail, partial(handlers.proxy, gateway))
+        add_routes(router, door, (hdrs.METH_ANY,), tail, partial(proxy, gateway))
     add_unmatched(router, door)
     return app
 
