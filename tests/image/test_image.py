@@ -315,3 +315,51 @@ async def test_two_replicas_sharing_redis_mint_one_checkout_jwt_per_key(
     for replica in replicas:
         assert podman("exec", redis, "true").returncode == 0  # Redis stayed up throughout
         assert "redis_unavailable" not in containers.logs(replica)
+
+
+async def test_sighup_in_the_container_rereads_a_rotated_secret_file(
+    containers: Containers, secrets_dir: Path, unused_tcp_port_factory: Callable[[], int]
+) -> None:
+    """The operator's rotation: a mounted secret file changes, SIGHUP to PID 1 (the
+    broker), the new key works and the old one is refused; no restart."""
+    port, sandbox_port = unused_tcp_port_factory(), unused_tcp_port_factory()
+    new_key = "rotated-api-key-0123456789abcdef"
+    keys = secrets_dir / "api-keys"
+    keys.write_text(API_KEY + "\n")
+    keys.chmod(0o644)
+    sandbox = containers.run(
+        "upstream", HARDENED, ["sandbox", "--host", "127.0.0.1", "--port", str(sandbox_port)]
+    )
+    await wait_for(f"http://127.0.0.1:{sandbox_port}/_sandbox/stats", sandbox)
+    environment = broker_environment(port, sandbox_port)
+    index = environment.index(f"BROKER_SESSIONS_API_KEYS={API_KEY}")
+    environment[index] = "BROKER_SESSIONS_API_KEYS_FILE=/run/secrets/token-broker/api-keys"
+    broker = containers.run(
+        "broker",
+        [*HARDENED, "--volume", f"{secrets_dir}:/run/secrets/token-broker:ro", *environment],
+        ["serve", "--config", "/etc/token-broker/broker.toml", "--port", str(port)],
+    )
+    url = f"http://127.0.0.1:{port}"
+    await wait_for(url + "/readyz", broker)
+
+    async def issued(http: aiohttp.ClientSession, key: str) -> int:
+        async with http.post(
+            url + "/v1/checkout-auth/init",
+            json={"customer_id": "cus_alice", "invoice_id": "inv_alice_1"},
+            headers=auth(key),
+        ) as response:
+            return response.status
+
+    async with aiohttp.ClientSession() as http:
+        assert await issued(http, API_KEY) == 200
+        assert await issued(http, new_key) == 401
+        keys.write_text(new_key + "\n")
+        assert podman("kill", "--signal", "HUP", broker).returncode == 0
+        deadline = time.monotonic() + 10
+        while await issued(http, new_key) != 200:
+            assert time.monotonic() < deadline, containers.logs(broker)
+            await asyncio.sleep(0.1)
+        assert await issued(http, API_KEY) == 401
+    done = [e for e in json_lines(containers.logs(broker)) if e["event"] == "config_reload_done"]
+    assert [e["origin"] for e in done] == ["sighup"]
+    assert new_key not in containers.logs(broker)
