@@ -12,6 +12,7 @@ from broker.upstream.partner_api import (
     TransientUpstreamError,
     UpstreamRateLimited,
 )
+from broker.upstream.traced import TracedTransport
 from broker.upstream.transport import (
     IDEMPOTENT_METHODS,
     STREAM_CHUNK,
@@ -32,6 +33,7 @@ __all__ = [
     "OAuthToken",
     "PartnerApi",
     "PartnerTokenRejected",
+    "TracedTransport",
     "TransientUpstreamError",
     "TransportError",
     "UpstreamCall",
