@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from broker.accounts import Account, identity_of, open_account
 from broker.auth.identity import IdentityVerifier
-from broker.auth.ownership import Ownership
 from broker.auth.revocations import Revocations
 from broker.auth.sessions import (
     ApiKeys,
@@ -39,10 +38,7 @@ from broker.upstream.calls import open_session
 if TYPE_CHECKING:
     import aiohttp
 
-    from broker.proxy.forwarder import Forwarder
-    from broker.proxy.targets import ProxyTargets
     from broker.redis.reloads import ClusterReloads
-    from broker.tokens.store import TokenStore
 
 log = get_logger("broker.gateway")
 
@@ -86,12 +82,8 @@ class ReloadOutcome:
 def restart_only_changes(running: Settings, new: Settings) -> list[str]:
     problems = []
     for section, name in RESTART_ONLY:
-        dotted = f"{section}.{name}"
-        attribute = "cache" if section == "cache" else section
-        before = getattr(getattr(running, attribute), name)
-        after = getattr(getattr(new, attribute), name)
-        if before != after:
-            problems.append(f"{dotted}: changed, which needs a restart (a reload cannot)")
+        if getattr(getattr(running, section), name) != getattr(getattr(new, section), name):
+            problems.append(f"{section}.{name}: changed, which needs a restart (a reload cannot)")
     for name in RESTART_ONLY_TOP:
         if getattr(running, name) != getattr(new, name):
             dotted = name.replace("_", ".", 1).replace("log.", "logging.")
@@ -169,23 +161,6 @@ class Gateway:
         if account is None:
             raise AuthFailure("unknown_partner")
         return account
-
-    # The first account's collaborators: what single-account callers name.
-    @property
-    def targets(self) -> ProxyTargets:
-        return self.first.targets
-
-    @property
-    def forwarder(self) -> Forwarder:
-        return self.first.forwarder
-
-    @property
-    def ownership(self) -> Ownership:
-        return self.first.ownership
-
-    @property
-    def token_store(self) -> TokenStore:
-        return self.first.tokens.store
 
     async def start(self) -> None:
         self.metrics.track_loop_tasks(asyncio.get_running_loop())

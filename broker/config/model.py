@@ -473,12 +473,6 @@ class Settings:
             return self.declared_partners
         return (single_partner(self.upstream, self.sessions),)
 
-    def partner(self, partner_id: str) -> PartnerSettings | None:
-        for partner in self.partners:
-            if partner.id == partner_id:
-                return partner
-        return None
-
 
 SCHEMA: tuple[Key, ...] = schema(Settings)
 # The keys of one [partners.<id>] table, with "<id>" as its section's last part.
@@ -606,11 +600,15 @@ def _partner(
         base_url=check.base_url(url, insecure_http, where=where) if url else upstream_url,
     )
     check.api_keys(partner.api_keys, f"{where}.api_keys")
-    if bool(partner.secondary_client_id) != bool(partner.secondary_client_secret):
+    _check_secondary(check, where, partner.secondary_client_id, partner.secondary_client_secret)
+    return partner
+
+
+def _check_secondary(check: Checker, where: str, client_id: str, secret: str) -> None:
+    if bool(client_id) != bool(secret):
         check.problems.append(
             f"{where}.secondary_client_id: give both it and secondary_client_secret, or neither"
         )
-    return partner
 
 
 def _single_partner(
@@ -624,10 +622,9 @@ def _single_partner(
         if not value:
             check.problems.append(f"{name}: required")
     check.api_keys(sessions.api_keys, "sessions.api_keys")
-    if bool(upstream.secondary_client_id) != bool(upstream.secondary_client_secret):
-        check.problems.append(
-            "upstream.secondary_client_id: give both it and secondary_client_secret, or neither"
-        )
+    _check_secondary(
+        check, "upstream", upstream.secondary_client_id, upstream.secondary_client_secret
+    )
     return single_partner(upstream, sessions)
 
 
