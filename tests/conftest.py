@@ -15,7 +15,6 @@ from typing import Any, cast
 
 import aiohttp
 import pytest
-import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
@@ -24,7 +23,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from broker import __file__ as broker_init
 from broker import compiled
 from broker.config.model import TRANSPORTS, Settings, UpstreamSettings
-from broker.observability.logs import configure_logging
+from broker.observability.logs import configure_logging, reset_logging
 from broker.sandbox import SandboxSettings, create_sandbox_app
 from broker.web.app import create_app, runner_options
 from broker.web.runner import GatewayRunner
@@ -185,7 +184,7 @@ def logs() -> Iterator[LogCapture]:
     configure_logging(fmt="json", level="debug", stream=stream, cache=False)
     yield LogCapture(stream)
     root.handlers[:], root.level = saved
-    structlog.reset_defaults()
+    reset_logging()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from broker.observability.logs import configure_logging, get_logger, request_id_var
+from broker.observability.logs import (
+    configure_logging,
+    get_logger,
+    log_fields,
+    request_id_var,
+    reset_logging,
+)
 
 if TYPE_CHECKING:
     from broker.observability.exchange import UNMATCHED, Exchange
@@ -19,7 +25,6 @@ if TYPE_CHECKING:
         maybe_span,
         open_tracing,
     )
-from broker.observability.logs import log_fields
 
 __all__ = [
     "CLIENT",
@@ -37,6 +42,7 @@ __all__ = [
     "maybe_span",
     "open_tracing",
     "request_id_var",
+    "reset_logging",
 ]
 
 # Imported on first use: the commands that only log (keygen, check-config) import

@@ -16,7 +16,8 @@ from broker.observability.exchange import UNMATCHED
 from broker.observability.logs import get_logger, log_fields
 from broker.web.keys import exchange_key
 
-log = get_logger("broker.access")
+LOGGER_NAME = "broker.access"
+log = get_logger(LOGGER_NAME)
 MAX_LOGGED_PATH = 256
 
 
@@ -59,7 +60,7 @@ class AccessLogger(AbstractAccessLogger):
                 fields["auth"] = exchange.auth
                 if exchange.caller is not None:
                     fields["caller"] = exchange.caller
-        log_fields(self._log, "request_finished", fields)
+        log_fields(LOGGER_NAME, "request_finished", fields)
 
     @property
     def enabled(self) -> bool:

@@ -8,10 +8,15 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from broker.credentials import fingerprint
-from broker.observability.logs import configure_logging, get_logger
+from broker.observability.logs import (
+    configure_logging,
+    get_logger,
+    log_fields,
+    request_id_var,
+    reset_logging,
+)
 from tests.conftest import BrokerClient, LogCapture, new_session
 from tests.helpers import auth
 
@@ -25,7 +30,7 @@ def written() -> Iterator[io.StringIO]:
     saved = (root.handlers[:], root.level)
     yield io.StringIO()
     root.handlers[:], root.level = saved
-    structlog.reset_defaults()
+    reset_logging()
 
 
 def _json_lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -114,3 +119,45 @@ def test_lines_without_a_credential_are_written_as_given(written: io.StringIO) -
         assert line["nested"] == {"k": [1, "two"]}
         assert line["logger"] == "broker.test"
         assert line["level"] == "info"
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_the_request_line_is_the_line_structlog_writes(written: io.StringIO, fmt: str) -> None:
+    """log_fields takes a shorter path than get_logger().info(): the same line comes out,
+    field order, request id from the context and redaction included."""
+    configure_logging(fmt=fmt, level="info", stream=written, cache=False)
+    fields = {
+        "method": "GET",
+        "path": f"/checkout/{JWT}",
+        "status": 200,
+        "upstream_error_code": None,
+        "client_secret": "s3cr3t-value",
+    }
+    token = request_id_var.set("req-ctx")
+    try:
+        log_fields("broker.access", "request_finished", dict(fields))
+        get_logger("broker.access").info("request_finished", **fields)
+    finally:
+        request_id_var.reset(token)
+    shortcut, reference = written.getvalue().splitlines()
+    if fmt == "json":
+        short, ref = json.loads(shortcut), json.loads(reference)
+        assert short.pop("timestamp")
+        assert ref.pop("timestamp")
+        assert list(short.items()) == list(ref.items())
+        assert short["request_id"] == "req-ctx"
+        assert short["client_secret"] == "<redacted>"
+        assert JWT not in shortcut
+    else:
+        # The console line starts with its timestamp; the rest must match.
+        assert shortcut.split(" ", 1)[1] == reference.split(" ", 1)[1]
+        assert "s3cr3t" not in shortcut
+        assert JWT not in shortcut
+
+
+def test_the_request_line_falls_back_to_structlog_when_logging_is_not_configured(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reset_logging()
+    log_fields("broker.access", "request_finished", {"status": 204})
+    assert "request_finished" in capsys.readouterr().out

@@ -11,7 +11,6 @@ import string
 import time
 
 import aiohttp
-import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -31,7 +30,7 @@ from broker.config.model import (
 )
 from broker.credentials import CheckoutToken
 from broker.demo.backend import BrokerLink
-from broker.observability.logs import configure_logging, get_logger
+from broker.observability.logs import configure_logging, get_logger, reset_logging
 from broker.observability.metrics import Metrics
 from broker.redis.link import RedisLink
 from broker.redis.sealing import Sealer
@@ -115,7 +114,7 @@ def rendered(value: object) -> list[str]:
             texts.append(stream.getvalue())
     finally:
         root.handlers[:], root.level = saved
-        structlog.reset_defaults()
+        reset_logging()
     return texts
 
 
