@@ -166,23 +166,22 @@ def log_fields(logger_name: str, event: str, fields: dict[str, object]) -> None:
 
 
 class RequestLines:
-    """The info-level line of ``configure_logging``'s pipeline, step by step: the
-    processors' order (so the fields come out in the same order), the same renderer
-    (redaction included) and the same output (structlog's WriteLogger: one write and
+    """The info-level line of ``configure_logging``'s pipeline: its processors, in their
+    order, over the caller's fields (so the fields come out in the same order, redacted
+    by the same renderer), and the same output (structlog's WriteLogger: one write and
     one flush per line, under the lock it shares with every logger of the stream)."""
 
-    def __init__(self, timestamper: IsoTimestamp, renderer: LineRenderer, stream: TextIO) -> None:
-        self._timestamper = timestamper
-        self._renderer = renderer
+    def __init__(self, processors: list[Processor], stream: TextIO) -> None:
+        self._processors = processors
         self._out = structlog.WriteLogger(file=stream)
 
     def write(self, logger_name: str, event: str, fields: EventDict) -> None:
         fields["event"] = event
-        _add_request_id(None, "info", fields)
-        fields["level"] = "info"
-        fields["logger"] = logger_name
-        self._timestamper(None, "info", fields)
-        self._out.msg(self._renderer(None, "info", fields))
+        fields["logger_name"] = logger_name  # as a bound logger's context carries it
+        line: Any = fields
+        for processor in self._processors:
+            line = processor(None, "info", line)
+        self._out.msg(line)
 
 
 _request_lines: RequestLines | None = None
@@ -227,16 +226,17 @@ def configure_logging(
     stream = stream or sys.stdout
     renderer = LineRenderer(console=fmt == "console" or (fmt == "auto" and stream.isatty()))
     timestamper = IsoTimestamp()
-    _request_lines = RequestLines(timestamper, renderer, stream)
+    processors: list[Processor] = [
+        _add_request_id,
+        structlog.processors.add_log_level,
+        _name_field,
+        timestamper,
+        renderer,
+    ]
+    _request_lines = RequestLines(processors, stream)
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[
-            _add_request_id,
-            structlog.processors.add_log_level,
-            _name_field,
-            timestamper,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         # Tests reconfigure per test: a cached logger would keep the old stream.

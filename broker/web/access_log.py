@@ -28,7 +28,8 @@ class AccessLogger(AbstractAccessLogger):
 
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
-        # The configured logger itself: the module's lazy proxy would rebuild it per line.
+        # For the level, read once per connection (``enabled``): the module's lazy proxy
+        # would rebuild the logger on every read.
         self._log = log.bind()
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
