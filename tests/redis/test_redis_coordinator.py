@@ -25,9 +25,11 @@ class Minter:
         self.calls = 0
         self.delay = delay
         self.lifetime = lifetime
+        self.called = asyncio.Event()  # set once the caller holds the lease and mints
 
     async def __call__(self) -> CheckoutToken:
         self.calls += 1
+        self.called.set()
         await asyncio.sleep(self.delay)
         now = time.time()
         return CheckoutToken.create(

@@ -24,7 +24,8 @@ async def test_waiting_for_another_replicas_mint_is_a_lease_wait_span(
     waiter = await make_backend(tracing=tracing)
     slow, fast = Minter(delay=0.4), Minter()
     minting = asyncio.ensure_future(holder.coordinator.obtain(KEY, slow, current=None))
-    await asyncio.sleep(0.1)  # the holder has the lease and mints
+    # Once the holder mints, it has the lease (however slowly a loaded machine got there).
+    await asyncio.wait_for(slow.called.wait(), timeout=10)
     with provider.get_tracer("test").start_as_current_span("request") as request:
         adopted = await waiter.coordinator.obtain(KEY, fast, current=None)
     held = await minting
