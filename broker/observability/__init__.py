@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from broker.observability.logs import (
     configure_logging,
+    flush_logs,
     get_logger,
     log_fields,
     request_id_var,
@@ -36,6 +37,7 @@ __all__ = [
     "Span",
     "Tracing",
     "configure_logging",
+    "flush_logs",
     "get_logger",
     "log_fields",
     "maybe_inject",

@@ -10,10 +10,12 @@ messages, and renders tracebacks without frame locals (they hold bearer tokens).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -114,6 +116,13 @@ class LineRenderer:
         fields: EventDict = {n: value for n, value in event_dict.items() if value is not None}
         if "exc_info" in fields:
             fields = self._tracebacks(logger, method, fields)
+        return self._render(logger, method, fields)
+
+    def render_request(self, fields: EventDict) -> str:
+        """The info line of *fields*, which hold a value each and no exception."""
+        return self._render(None, "info", fields)
+
+    def _render(self, logger: WrappedLogger, method: str, fields: EventDict) -> str:
         if self._console:
             rendered = self._console_renderer(logger, method, redact(logger, method, fields))
             return str(rendered)
@@ -154,10 +163,12 @@ def get_logger(name: str) -> Any:
 
 def log_fields(logger_name: str, event: str, fields: dict[str, object]) -> None:
     """``get_logger(logger_name).info(event, **fields)`` for the line written per
-    request: the same line, through the same processors' steps and the same output,
+    request: the same line, through the same processors' steps and to the same stream,
     without structlog's bound-logger dispatch (which copies the fields three times and
-    calls each processor through a generic loop: about a third of the line's cost).
-    The caller checks the level; *fields* is consumed."""
+    calls each processor through a generic loop), rendered and written with the other
+    request lines of the event loop's iteration (see ``LineSink``). The caller checks
+    the level and leaves out the fields without a value (structlog's path drops a
+    ``None``; this one does not look); *fields* is consumed."""
     writer = _request_lines
     if writer is None:  # logging not configured by configure_logging: structlog's own path
         get_logger(logger_name).info(event, **fields)
@@ -168,29 +179,115 @@ def log_fields(logger_name: str, event: str, fields: dict[str, object]) -> None:
 class RequestLines:
     """The info-level line of ``configure_logging``'s pipeline: its processors, in their
     order, over the caller's fields (so the fields come out in the same order, redacted
-    by the same renderer), and the same output (structlog's WriteLogger: one write and
-    one flush per line, under the lock it shares with every logger of the stream)."""
+    by the same renderer), on the sink every line of the pipeline goes to. The steps
+    that read the moment and the context (request id, trace ids, timestamp) run when
+    the line is logged; rendering, when the sink writes it."""
 
-    def __init__(self, processors: list[Processor], stream: TextIO) -> None:
-        self._processors = processors
-        self._out = structlog.WriteLogger(file=stream)
+    def __init__(self, processors: list[Processor], sink: LineSink) -> None:
+        self._steps = processors[:-1]
+        self._sink = sink
 
     def write(self, logger_name: str, event: str, fields: EventDict) -> None:
         fields["event"] = event
         fields["logger_name"] = logger_name  # as a bound logger's context carries it
         line: Any = fields
-        for processor in self._processors:
-            line = processor(None, "info", line)
-        self._out.msg(line)
+        for step in self._steps:
+            line = step(None, "info", line)
+        self._sink.defer(line)
+
+
+# A write(2) of at most PIPE_BUF bytes to a pipe is atomic: the lines of several
+# workers sharing one stdout pipe never interleave within a line.
+_PIPE_BUF: Final = 4096
+# Request lines kept for the end of the iteration at most: bounds the memory and
+# the lines a crash can lose.
+_MAX_DEFERRED: Final = 256
+
+
+class LineSink:
+    """The stream every line of ``configure_logging``'s pipeline is written to.
+
+    A line is written when it is logged, except the request lines (``defer``): those
+    logged while an event loop runs in this thread are rendered and written together
+    once the loop's current iteration is done, in chunks of whole lines of at most
+    PIPE_BUF bytes, so that under load one write(2) carries many lines. Lines keep
+    their order: a line written directly first writes the request lines deferred
+    before it. ``flush()`` (the process's exit path calls ``flush_logs``) writes them
+    all. It offers the two calls structlog's WriteLogger and logging's StreamHandler
+    make on a stream, ``write`` and ``flush``; a lock makes it safe from any thread."""
+
+    def __init__(self, stream: TextIO, render: Callable[[EventDict], str]) -> None:
+        self._stream = stream
+        self._render = render
+        self._deferred: list[EventDict] = []
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self._deferred:
+                self._write_deferred()
+            self._stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._deferred:
+                self._write_deferred()
+            self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def defer(self, fields: EventDict) -> None:
+        with self._lock:
+            deferred = self._deferred
+            deferred.append(fields)
+            if len(deferred) > 1:
+                if len(deferred) >= _MAX_DEFERRED:
+                    self._write_deferred()
+                return  # the first one asked for the flush
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: nothing would flush later
+            self.flush()
+        else:
+            loop.call_soon(self.flush)
+
+    def _write_deferred(self) -> None:
+        # Under the lock.
+        deferred, self._deferred = self._deferred, []
+        render, stream = self._render, self._stream
+        chunk: list[str] = []
+        size = 0
+        for fields in deferred:
+            line = render(fields) + "\n"
+            length = len(line) if line.isascii() else len(line.encode())
+            if chunk and size + length > _PIPE_BUF:
+                stream.write("".join(chunk))
+                stream.flush()
+                chunk, size = [], 0
+            chunk.append(line)
+            size += length
+        stream.write("".join(chunk))
+        stream.flush()
 
 
 _request_lines: RequestLines | None = None
+_sink: LineSink | None = None
+
+
+def flush_logs() -> None:
+    """Write the request lines still waiting for the end of the loop's iteration: for
+    the process's exit path (a multiprocessing worker does not run ``atexit``)."""
+    if _sink is not None:
+        _sink.flush()
 
 
 def reset_logging() -> None:
     """Undo ``configure_logging`` (structlog's defaults again); for tests."""
-    global _request_lines  # noqa: PLW0603 - see configure_logging
-    _request_lines = None
+    global _request_lines, _sink  # noqa: PLW0603 - see configure_logging
+    flush_logs()
+    _request_lines = _sink = None
     structlog.reset_defaults()
 
 
@@ -222,7 +319,8 @@ def configure_logging(
     per line, which matters for one line per request); aiohttp's stdlib records are
     rendered by the same processors through a ProcessorFormatter on the same stream.
     """
-    global _request_lines  # noqa: PLW0603 - configured once per process (per test in tests)
+    global _request_lines, _sink  # noqa: PLW0603 - configured once per process (per test in tests)
+    flush_logs()
     stream = stream or sys.stdout
     renderer = LineRenderer(console=fmt == "console" or (fmt == "auto" and stream.isatty()))
     timestamper = IsoTimestamp()
@@ -233,12 +331,14 @@ def configure_logging(
         timestamper,
         renderer,
     ]
-    _request_lines = RequestLines(processors, stream)
+    _sink = LineSink(stream, renderer.render_request)
+    _request_lines = RequestLines(processors, _sink)
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        # The sink offers what WriteLogger calls on a TextIO (write, flush), not all of it.
+        logger_factory=structlog.WriteLoggerFactory(file=_sink),  # type: ignore[arg-type]
         # Tests reconfigure per test: a cached logger would keep the old stream.
         cache_logger_on_first_use=cache,
     )
@@ -255,7 +355,7 @@ def configure_logging(
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(_sink)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

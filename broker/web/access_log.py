@@ -12,7 +12,7 @@ import logging
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from broker.observability.exchange import UNMATCHED
+from broker.observability.exchange import UNMATCHED, Exchange
 from broker.observability.logs import get_logger, log_fields
 from broker.web.keys import exchange_key
 
@@ -23,8 +23,7 @@ MAX_LOGGED_PATH = 256
 
 class AccessLogger(AbstractAccessLogger):
     """aiohttp makes one per connection, after logging is configured; the line's fields
-    are built once, here, and those without a value (``None``) are left out where every
-    line is rendered (``broker.observability.logs.LineRenderer``)."""
+    are built once, here, those without a value left out."""
 
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
@@ -45,22 +44,7 @@ class AccessLogger(AbstractAccessLogger):
         if exchange is None:  # refused before any route (parser, CONNECT): no front door
             fields["route"] = UNMATCHED
         else:
-            fields |= {
-                "request_id": exchange.request_id,
-                "route": exchange.route,
-                "customer_id": exchange.customer_id,
-                "invoice_id": exchange.invoice_id,
-                "upstream_status": exchange.upstream_status,
-                "upstream_ms": _milliseconds(exchange.upstream_ms),
-                "upstream_error_code": exchange.upstream_error_code,
-                "token_outcome": exchange.token_outcome,
-                "error_code": exchange.error_code,
-            }
-            if exchange.reason is not None:  # a refusal: who asked, and why (never in the answer)
-                fields["reason"] = exchange.reason
-                fields["auth"] = exchange.auth
-                if exchange.caller is not None:
-                    fields["caller"] = exchange.caller
+            _add_exchange(fields, exchange)
         log_fields(LOGGER_NAME, "request_finished", fields)
 
     @property
@@ -70,6 +54,27 @@ class AccessLogger(AbstractAccessLogger):
         return bool(self._log.is_enabled_for(logging.INFO))
 
 
-def _milliseconds(value: float | None) -> float | None:
-    # Rounded here, for the lines written, rather than for every request.
-    return None if value is None else round(value, 3)
+def _add_exchange(fields: dict[str, object], exchange: Exchange) -> None:
+    # Only what has a value: log_fields does not drop a None.
+    fields["request_id"] = exchange.request_id
+    fields["route"] = exchange.route
+    if exchange.customer_id is not None:
+        fields["customer_id"] = exchange.customer_id
+    if exchange.invoice_id is not None:
+        fields["invoice_id"] = exchange.invoice_id
+    if exchange.upstream_status is not None:
+        fields["upstream_status"] = exchange.upstream_status
+    if exchange.upstream_ms is not None:  # rounded here, for the lines written
+        fields["upstream_ms"] = round(exchange.upstream_ms, 3)
+    if exchange.upstream_error_code is not None:
+        fields["upstream_error_code"] = exchange.upstream_error_code
+    if exchange.token_outcome is not None:
+        fields["token_outcome"] = exchange.token_outcome
+    if exchange.error_code is not None:
+        fields["error_code"] = exchange.error_code
+    if exchange.reason is not None:  # a refusal: who asked, and why (never in the answer)
+        fields["reason"] = exchange.reason
+        if exchange.auth is not None:
+            fields["auth"] = exchange.auth
+        if exchange.caller is not None:
+            fields["caller"] = exchange.caller

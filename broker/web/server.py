@@ -18,7 +18,7 @@ from aiohttp import web
 from broker import __version__, compiled
 from broker.config import listen
 from broker.config.model import Settings
-from broker.observability.logs import configure_logging, get_logger
+from broker.observability.logs import configure_logging, flush_logs, get_logger
 from broker.observability.tracing import open_tracing
 from broker.web import listen_file
 from broker.web.access_log import AccessLogger
@@ -229,6 +229,10 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop  # noqa: PLC0415 - optional
     except ImportError:
-        asyncio.run(main)
+        runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
     else:
-        uvloop.run(main)
+        runner = uvloop.run
+    try:
+        runner(main)
+    finally:
+        flush_logs()  # the request lines of the loop's last iteration

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from broker.credentials import fingerprint
 from broker.observability.logs import (
+    LineSink,
     configure_logging,
+    flush_logs,
     get_logger,
     log_fields,
     request_id_var,
@@ -124,7 +128,8 @@ def test_lines_without_a_credential_are_written_as_given(written: io.StringIO) -
 @pytest.mark.parametrize("fmt", ["json", "console"])
 def test_the_request_line_is_the_line_structlog_writes(written: io.StringIO, fmt: str) -> None:
     """log_fields takes a shorter path than get_logger().info(): the same line comes out,
-    field order, request id from the context and redaction included."""
+    field order, request id from the context and redaction included (its caller leaves
+    out what structlog drops: the fields without a value)."""
     configure_logging(fmt=fmt, level="info", stream=written, cache=False)
     fields = {
         "method": "GET",
@@ -135,7 +140,8 @@ def test_the_request_line_is_the_line_structlog_writes(written: io.StringIO, fmt
     }
     token = request_id_var.set("req-ctx")
     try:
-        log_fields("broker.access", "request_finished", dict(fields))
+        with_a_value = {name: value for name, value in fields.items() if value is not None}
+        log_fields("broker.access", "request_finished", with_a_value)
         get_logger("broker.access").info("request_finished", **fields)
     finally:
         request_id_var.reset(token)
@@ -161,3 +167,95 @@ def test_the_request_line_falls_back_to_structlog_when_logging_is_not_configured
     reset_logging()
     log_fields("broker.access", "request_finished", {"status": 204})
     assert "request_finished" in capsys.readouterr().out
+
+
+class CountedWrites(io.StringIO):
+    """A stream that keeps each chunk it is handed before a flush: one write(2) each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[str] = []
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        return super().write(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.chunks.append(self._pending)
+            self._pending = ""
+
+
+def _request_line(number: int) -> None:
+    log_fields("broker.access", "request_finished", {"status": 200, "n": number})
+
+
+async def test_request_lines_of_one_loop_iteration_are_written_together() -> None:
+    stream = CountedWrites()
+    configure_logging(fmt="json", level="info", stream=stream, cache=False)
+    try:
+        for number in range(3):
+            _request_line(number)
+        assert stream.getvalue() == ""  # until the iteration is done
+        await asyncio.sleep(0)
+        assert len(stream.chunks) == 1
+        assert [line["n"] for line in _json_lines(stream)] == [0, 1, 2]
+    finally:
+        reset_logging()
+
+
+async def test_a_line_logged_directly_comes_after_the_request_lines_before_it() -> None:
+    stream = CountedWrites()
+    configure_logging(fmt="json", level="info", stream=stream, cache=False)
+    try:
+        _request_line(0)
+        get_logger("broker.test").warning("in_between")
+        logging.getLogger("aiohttp.server").error("stdlib_line")
+        _request_line(1)
+        await asyncio.sleep(0)
+        events = [(line["event"], line.get("n")) for line in _json_lines(stream)]
+        assert events == [
+            ("request_finished", 0),
+            ("in_between", None),
+            ("stdlib_line", None),
+            ("request_finished", 1),
+        ]
+    finally:
+        reset_logging()
+
+
+def test_request_lines_go_out_in_whole_lines_of_at_most_pipe_buf_bytes() -> None:
+    stream = CountedWrites()
+    sink = LineSink(stream, lambda fields: str(fields["text"]))
+    lines = [f"{n:04d}" + "é" * 300 for n in range(40)]  # 605 bytes each in UTF-8
+    for text in lines:
+        sink._deferred.append({"text": text})
+    sink.flush()
+    assert len(stream.chunks) > 1
+    assert all(len(chunk.encode()) <= 4096 for chunk in stream.chunks)
+    assert all(chunk.endswith("\n") for chunk in stream.chunks)
+    assert "".join(stream.chunks).splitlines() == lines
+
+
+def test_without_a_running_loop_a_request_line_is_written_at_once(written: io.StringIO) -> None:
+    configure_logging(fmt="json", level="info", stream=written, cache=False)
+    _request_line(7)
+    assert _json_lines(written)[0]["n"] == 7
+
+
+async def test_lines_waiting_for_the_loop_are_written_by_flush_logs_and_by_other_threads(
+    written: io.StringIO,
+) -> None:
+    configure_logging(fmt="json", level="info", stream=written, cache=False)
+    _request_line(1)
+    flush_logs()
+    assert [line["n"] for line in _json_lines(written)] == [1]
+    _request_line(2)
+    thread = threading.Thread(target=get_logger("broker.test").warning, args=("from_a_thread",))
+    thread.start()
+    thread.join()
+    assert [line["event"] for line in _json_lines(written)][1:] == [
+        "request_finished",
+        "from_a_thread",
+    ]
