@@ -213,8 +213,9 @@ class LineSink:
     PIPE_BUF bytes, so that under load one write(2) carries many lines. Lines keep
     their order: a line written directly first writes the request lines deferred
     before it. ``flush()`` (the process's exit path calls ``flush_logs``) writes them
-    all. It offers the two calls structlog's WriteLogger and logging's StreamHandler
-    make on a stream, ``write`` and ``flush``; a lock makes it safe from any thread."""
+    all. Our loggers write through ``write_line`` (see ``SinkLogger``); logging's
+    StreamHandler calls ``write`` and ``flush``, as on a stream. A lock makes it safe
+    from any thread."""
 
     def __init__(self, stream: TextIO, render: Callable[[EventDict], str]) -> None:
         self._stream = stream
@@ -235,8 +236,12 @@ class LineSink:
                 self._write_deferred()
             self._stream.flush()
 
-    def isatty(self) -> bool:
-        return self._stream.isatty()
+    def write_line(self, line: str) -> None:
+        with self._lock:
+            if self._deferred:
+                self._write_deferred()
+            self._stream.write(line + "\n")
+            self._stream.flush()
 
     def defer(self, fields: EventDict) -> None:
         with self._lock:
@@ -270,6 +275,38 @@ class LineSink:
             size += length
         stream.write("".join(chunk))
         stream.flush()
+
+
+class SinkLogger:
+    """structlog's wrapped logger, writing to the sink: one line per call, flushed,
+    whatever the level (the bound logger has filtered by level already), as structlog's
+    WriteLogger does, which cannot be handed the sink: it keys a lock by a weak
+    reference to its file, and a compiled class takes none."""
+
+    def __init__(self, sink: LineSink) -> None:
+        self._sink = sink
+
+    def for_logger(self, *_args: object) -> SinkLogger:
+        return self
+
+    def msg(self, message: str) -> None:
+        self._sink.write_line(message)
+
+    # The methods structlog's bound logger calls, one per level name.
+    def debug(self, message: str) -> None:
+        self._sink.write_line(message)
+
+    def info(self, message: str) -> None:
+        self._sink.write_line(message)
+
+    def warning(self, message: str) -> None:
+        self._sink.write_line(message)
+
+    def error(self, message: str) -> None:
+        self._sink.write_line(message)
+
+    def critical(self, message: str) -> None:
+        self._sink.write_line(message)
 
 
 _request_lines: RequestLines | None = None
@@ -337,8 +374,7 @@ def configure_logging(
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        # The sink offers what WriteLogger calls on a TextIO (write, flush), not all of it.
-        logger_factory=structlog.WriteLoggerFactory(file=_sink),  # type: ignore[arg-type]
+        logger_factory=SinkLogger(_sink).for_logger,
         # Tests reconfigure per test: a cached logger would keep the old stream.
         cache_logger_on_first_use=cache,
     )
