@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import os
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from broker.cli.main import main
 from tests.helpers import API_KEY, auth
 
 BROKER = [sys.executable, "-m", "broker"]
@@ -20,6 +26,49 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     return subprocess.run(  # noqa: S603 - our own command, fixed arguments
         [*BROKER, *args], capture_output=True, text=True, timeout=60, env=env, check=False
     )
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What `token-broker ARGS` exited with and wrote, as subprocess.CompletedProcess has it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_main(*args: str, env: Mapping[str, str] | None = None) -> Ran:
+    """`token-broker *args*` in this process: broker.cli.main.main(argv), which the console
+    script calls, with *env* added to os.environ for the call. A process costs a second
+    (an interpreter, broker's imports); the tests here that need none, for the argument
+    parsing, the configuration's messages, the doctor's checks, call this. What only a
+    process shows (the console script, signals, an ASCII terminal, workers, listening)
+    keeps run_cli and start_broker. Blocking: an async test calls it in a thread
+    (asyncio.to_thread) so that its loop keeps serving the upstreams the command calls."""
+    out, err = io.StringIO(), io.StringIO()
+    with _environ(env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code
+        else:
+            raise AssertionError("main() returned instead of exiting")
+    assert code is None or isinstance(code, int), code
+    return Ran(code or 0, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _environ(added: Mapping[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in added}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 def private_pem() -> bytes:

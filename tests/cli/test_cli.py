@@ -1,4 +1,5 @@
-"""The `token-broker` command as users run it: real processes, real signals."""
+"""The `token-broker` command as users run it: real processes, real signals; what needs
+no process (keygen's output, usage errors, check-config) through main() in this process."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.cli.commands import (
     BROKER,
     alice_session,
     private_pem,
-    run_cli,
+    run_main,
     start_broker,
     write_config,
 )
@@ -28,7 +29,7 @@ from tests.helpers import API_KEY, auth
 
 
 def test_keygen_prints_an_es256_private_key(tmp_path: Path) -> None:
-    result = run_cli("keygen")
+    result = run_main("keygen")
     assert result.returncode == 0
     key = load_pem_private_key(result.stdout.encode(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
@@ -41,14 +42,14 @@ def test_keygen_prints_an_es256_private_key(tmp_path: Path) -> None:
 
 
 def test_usage_errors_exit_2() -> None:
-    assert run_cli().returncode == 2
-    assert run_cli("serve").returncode == 2
-    assert run_cli("frobnicate").returncode == 2
+    assert run_main().returncode == 2
+    assert run_main("serve").returncode == 2
+    assert run_main("frobnicate").returncode == 2
 
 
 def test_check_config_reports_all_problems_or_prints_redacted_config(tmp_path: Path) -> None:
     good = write_config(tmp_path, "http://127.0.0.1:1", 8080)
-    result = run_cli("check-config", str(good))
+    result = run_main("check-config", str(good))
     assert result.returncode == 0, result.stderr
     effective = json.loads(result.stdout)
     assert effective["upstream"]["client_secret"] == "<redacted>"
@@ -61,7 +62,7 @@ def test_check_config_reports_all_problems_or_prints_redacted_config(tmp_path: P
         .replace("port = 8080", "port = 99999")
         .replace("allow_insecure_http = true", "allow_insecure_http = false")
     )
-    result = run_cli("check-config", str(bad))
+    result = run_main("check-config", str(bad))
     assert result.returncode == 1
     assert "server.port" in result.stderr
     assert "https is required" in result.stderr

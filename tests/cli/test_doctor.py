@@ -1,5 +1,7 @@
-"""`token-broker doctor --config FILE` as an operator runs it: a real process against the
-sandbox, a real redis-server and small servers of our own, passing and failing."""
+"""`token-broker doctor --config FILE` as an operator runs it, against the sandbox, a real
+redis-server and small servers of our own, passing and failing: the command's main() in
+this process (a process per check cost a second a test), and once as a real process on an
+ASCII terminal (test_the_marks_survive_an_ascii_terminal)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from pytest_aiohttp import AiohttpServer
 from redis.asyncio import Redis
 
 from broker.sandbox import SandboxSettings, create_sandbox_app
-from tests.cli.commands import BROKER, write_config
+from tests.cli.commands import BROKER, run_main, write_config
 from tests.conftest import BrokerClient, MakeSandbox
 from tests.helpers import Sandbox, self_signed_certificate, signing_key
 from tests.redis.processes import RedisServer, free_port
@@ -53,7 +55,16 @@ class Report:
 
 
 async def doctor(config: Path, *args: str, env: dict[str, str] | None = None) -> Report:
-    """Run the command while this test's loop keeps serving its upstreams."""
+    """Run the command (in this process, in a thread: tests.cli.commands.run_main) while
+    this test's loop keeps serving its upstreams."""
+    argv = ("doctor", "--config", str(config), "--timeout", "5", *args)
+    ran = await asyncio.wait_for(asyncio.to_thread(run_main, *argv, env=env), timeout=60)
+    return checked(Report(ran.returncode, ran.stdout, ran.stderr))
+
+
+async def doctor_process(config: Path, *args: str, env: dict[str, str] | None = None) -> Report:
+    """Run the command as a process, for what a process reads once at its start (the CA
+    store of SSL_CERT_FILE: aiohttp makes its default TLS context when imported)."""
     process = await asyncio.create_subprocess_exec(
         *BROKER, "doctor", "--config", str(config), "--timeout", "5", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -66,7 +77,10 @@ async def doctor(config: Path, *args: str, env: dict[str, str] | None = None) ->
             process.kill()
             await process.wait()
     assert process.returncode is not None
-    report = Report(process.returncode, stdout.decode(), stderr.decode())
+    return checked(Report(process.returncode, stdout.decode(), stderr.decode()))
+
+
+def checked(report: Report) -> Report:
     assert SECRET not in report.stdout + report.stderr
     assert "eyJ" not in report.stdout + report.stderr  # no JWT, whole or in part
     assert "Traceback" not in report.stderr, report.stderr
@@ -260,7 +274,7 @@ async def test_tls_to_an_https_upstream_is_checked(
     )
     assert untrusted.mark("partner token") == "✗"
 
-    trusted = await doctor(config, *ALICE, env={"SSL_CERT_FILE": str(certificate)})
+    trusted = await doctor_process(config, *ALICE, env={"SSL_CERT_FILE": str(certificate)})
     assert trusted.returncode == 0, trusted.stdout
     line = trusted.line("upstream TLS")
     assert line.startswith("✓ upstream TLS: TLSv1.")

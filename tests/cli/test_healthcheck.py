@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from broker.web import listen_file
-from tests.cli.commands import BROKER, start_broker
+from tests.cli.commands import BROKER, Ran, run_main, start_broker
 
 
 @pytest.mark.parametrize(
@@ -39,15 +37,10 @@ def test_a_listen_file_without_a_health_url_is_refused(tmp_path: Path) -> None:
             listen_file.read(tmp_path / "listen")
 
 
-def healthcheck(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own command, fixed arguments
-        [*BROKER, "healthcheck", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+def healthcheck(*args: str) -> Ran:
+    """The probe, in this process (the servers it probes are real processes); the image's
+    own HEALTHCHECK, a process, is tests/image's."""
+    return run_main("healthcheck", *args)
 
 
 async def test_healthcheck_follows_the_port_the_server_was_given(
@@ -62,19 +55,18 @@ async def test_healthcheck_follows_the_port_the_server_was_given(
     path = tmp_path / "run" / "broker.listen"
     monkeypatch.setenv(listen_file.ENVIRONMENT_VARIABLE, str(path))
     monkeypatch.setenv("BROKER_SERVER_PORT", str(decoy))
-    env = dict(os.environ)
-    assert healthcheck(env).returncode == 1  # no server, no file yet
+    assert healthcheck().returncode == 1  # no server, no file yet
     process, _ = await start_broker(
         processes, port,
         *BROKER, "serve", "--sandbox", "--port", str(port), "--sandbox-port", str(sandbox_port),
         "--demo-port", str(demo_port),  # not the default 8082, which anything may hold
     )  # fmt: skip
     assert json.loads(path.read_text())["healthz"] == f"http://127.0.0.1:{port}/healthz"
-    answered = await asyncio.to_thread(healthcheck, env)
+    answered = await asyncio.to_thread(healthcheck)
     assert answered.returncode == 0, answered.stderr
     process.send_signal(signal.SIGTERM)
     await asyncio.wait_for(process.communicate(), timeout=20)
-    refused = await asyncio.to_thread(healthcheck, env)
+    refused = await asyncio.to_thread(healthcheck)
     assert refused.returncode == 1
     assert f"127.0.0.1:{port}" in refused.stderr
 
@@ -82,16 +74,17 @@ async def test_healthcheck_follows_the_port_the_server_was_given(
 async def test_healthcheck_without_a_listen_file_probes_the_url_given(
     unused_tcp_port_factory: Callable[[], int],
     processes: list[asyncio.subprocess.Process],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     port, sandbox_port, demo_port = (unused_tcp_port_factory() for _ in range(3))
-    env = {k: v for k, v in os.environ.items() if k != listen_file.ENVIRONMENT_VARIABLE}
+    monkeypatch.delenv(listen_file.ENVIRONMENT_VARIABLE, raising=False)
     await start_broker(
         processes, port,
         *BROKER, "serve", "--sandbox", "--port", str(port), "--sandbox-port", str(sandbox_port),
         "--demo-port", str(demo_port),  # not the default 8082, which anything may hold
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/healthz"
-    assert (await asyncio.to_thread(healthcheck, env, "--url", url)).returncode == 0
-    missing = await asyncio.to_thread(healthcheck, env, "--url", url.replace("healthz", "nope"))
+    assert (await asyncio.to_thread(healthcheck, "--url", url)).returncode == 0
+    missing = await asyncio.to_thread(healthcheck, "--url", url.replace("healthz", "nope"))
     assert missing.returncode == 1
     assert "answered 404" in missing.stderr

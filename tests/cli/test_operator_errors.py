@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from tests.cli.commands import BROKER, run_cli, start_broker, write_config
+from tests.cli.commands import BROKER, run_cli, run_main, start_broker, write_config
 from tests.conftest import MakeSandbox
 
 EXIT_CANNOT_LISTEN = 3
@@ -140,7 +140,7 @@ def test_keygen_out_writes_mode_0600_and_refuses_to_overwrite(tmp_path: Path) ->
     key_file = tmp_path / "signing.pem"
     old_umask = os.umask(0o022)  # the usual one: a plain `> file` would be 0644
     try:
-        result = run_cli("keygen", "--out", str(key_file))
+        result = run_main("keygen", "--out", str(key_file))
     finally:
         os.umask(old_umask)
     assert result.returncode == 0, result.stderr
@@ -151,19 +151,19 @@ def test_keygen_out_writes_mode_0600_and_refuses_to_overwrite(tmp_path: Path) ->
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     first = key_file.read_bytes()
 
-    refused = run_cli("keygen", "--out", str(key_file))
+    refused = run_main("keygen", "--out", str(key_file))
     assert refused.returncode == 2
     assert "exists; pass --force to replace it" in refused.stderr
     assert key_file.read_bytes() == first
 
-    forced = run_cli("keygen", "--out", str(key_file), "--force")
+    forced = run_main("keygen", "--out", str(key_file), "--force")
     assert forced.returncode == 0, forced.stderr
     assert key_file.read_bytes() != first
     assert mode(key_file) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["signing.pem"]  # no scratch left
 
-    assert run_cli("keygen", "--force").returncode == 2
-    missing = run_cli("keygen", "--out", str(tmp_path / "no" / "such" / "dir.pem"))
+    assert run_main("keygen", "--force").returncode == 2
+    missing = run_main("keygen", "--out", str(tmp_path / "no" / "such" / "dir.pem"))
     assert missing.returncode == 1
     assert "cannot write" in missing.stderr
 
@@ -195,8 +195,8 @@ def test_keygen_to_a_pipe_does_not_warn() -> None:
 
 def test_check_config_warns_about_unknown_broker_variables(tmp_path: Path) -> None:
     config = write_config(tmp_path, "http://127.0.0.1:1", 8080)
-    env = {**os.environ, "BROKER_SERVER_PROT": "9000", "BROKER_ZZZ_QQQ": "canary-value"}
-    result = run_cli("check-config", str(config), env=env)
+    env = {"BROKER_SERVER_PROT": "9000", "BROKER_ZZZ_QQQ": "canary-value"}
+    result = run_main("check-config", str(config), env=env)
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
         "token-broker: warning: BROKER_SERVER_PROT is not a setting, so it is ignored;"

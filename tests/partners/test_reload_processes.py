@@ -119,7 +119,13 @@ class Replica:
         )
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
         self.process.start()
+
+    def wait_ready(self) -> None:
         self.process.wait_until(lambda: http_get(self.port, "/readyz")[0] == 200, "ready")
 
     def events(self, name: str) -> list[dict[str, object]]:
@@ -217,9 +223,11 @@ def test_with_redis_a_reload_on_one_replica_reloads_the_other_and_reports_it(
         "redis_timeout = 1.0\n"
     )
     replicas = [Replica(tmp_path, name, sandbox_port, extra) for name in ("one", "two")]
-    for replica in replicas:
-        replica.start()
+    for replica in replicas:  # both start at once, each ready in its own time
+        replica.launch()
     try:
+        for replica in replicas:
+            replica.wait_ready()
         for replica in replicas:
             assert session_status(replica.port, NEW_KEY) == 401
             replica.write(OLD_KEY, NEW_KEY)  # the shared configuration, as mounted on each

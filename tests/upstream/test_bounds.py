@@ -5,6 +5,7 @@ connection (``upstream.pool_wait``), one customer's share of the pool
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -17,21 +18,26 @@ from pytest_aiohttp import AiohttpRawServer
 from tests.conftest import BrokerClient, MakeBroker, new_session
 from tests.helpers import Sandbox, auth, make_settings
 
-# /checkout/invoice hangs this long: far past every bound under test, so that a wait
-# that is not bounded shows as a test over its own deadline, not as a hung suite.
+# /checkout/invoice hangs until the test releases it, or this long: far past every bound
+# under test, so that a wait that is not bounded shows as a test over its own deadline,
+# not as a hung suite.
 STALL = 3.0
 DEADLINE = 2.0
 
 RawHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-def upstream(sandbox: Sandbox, *, head_fields: int = 0) -> RawHandler:
-    """The sandbox, except that /checkout/invoice stalls and other checkout answers
-    carry *head_fields* extra fields of 4 KiB each."""
+def upstream(
+    sandbox: Sandbox, *, head_fields: int = 0, release: asyncio.Event | None = None
+) -> RawHandler:
+    """The sandbox, except that /checkout/invoice stalls (until *release* is set, at most
+    STALL seconds) and other checkout answers carry *head_fields* extra fields of 4 KiB
+    each."""
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         if request.path == "/checkout/invoice":
-            await asyncio.sleep(STALL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for((release or asyncio.Event()).wait(), STALL)
         answer = await sandbox.delegate(request)
         for index in range(head_fields):
             answer.headers[f"X-Pad-{index}"] = "p" * 4096
@@ -60,7 +66,8 @@ async def test_a_call_waiting_for_a_pool_connection_gets_a_fast_503(
 ) -> None:
     """One connection, held by a hung call: another customer's call waits pool_wait,
     not for the hung one (it waited 5.5 s on the aiohttp transport)."""
-    raw = await aiohttp_raw_server(upstream(sandbox))
+    release = asyncio.Event()
+    raw = await aiohttp_raw_server(upstream(sandbox, release=release))
     client = await broker_before(make_broker, raw, max_connections=1, pool_wait=0.2)
     alice = auth(await new_session(client, "cus_alice", "inv_alice_1"))
     bob = auth(await new_session(client, "cus_bob", "inv_bob_1"))
@@ -73,6 +80,7 @@ async def test_a_call_waiting_for_a_pool_connection_gets_a_fast_503(
     assert response.status == 503
     assert int(response.headers["Retry-After"]) >= 1
     assert 0.15 <= waited < 1.5, waited
+    release.set()
     assert (await hung).status == 200  # the hung call itself is served in the end
 
 
@@ -80,7 +88,8 @@ async def test_a_call_waiting_for_a_pool_connection_gets_a_fast_503(
 async def test_one_customer_cannot_hold_the_whole_pool(
     make_broker: MakeBroker, sandbox: Sandbox, aiohttp_raw_server: AiohttpRawServer
 ) -> None:
-    raw = await aiohttp_raw_server(upstream(sandbox))
+    release = asyncio.Event()
+    raw = await aiohttp_raw_server(upstream(sandbox, release=release))
     client = await broker_before(
         make_broker, raw, max_connections=8, max_connections_per_customer=2
     )
@@ -95,6 +104,7 @@ async def test_one_customer_cannot_hold_the_whole_pool(
     assert int(over.headers["Retry-After"]) >= 1
     other = await within(DEADLINE, client.get("/checkout/payment-methods", headers=bob))
     assert other.status == 200
+    release.set()
     assert [r.status for r in await asyncio.gather(*hung)] == [200, 200]
 
 

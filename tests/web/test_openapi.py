@@ -59,7 +59,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 # Enough to reach each operation's main answers; no shrinking, so a failure costs no
-# more than a pass. The whole run takes a few seconds.
+# more than a pass. The whole run takes ten seconds or more: the slow tests below.
 BOUNDED = settings(
     max_examples=12,
     deadline=2000,
@@ -67,6 +67,8 @@ BOUNDED = settings(
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=list(HealthCheck),
 )
+# The inner loop's: the same checks on each operation, on fewer cases (a few seconds).
+FEW = settings(BOUNDED, max_examples=3)
 
 
 def spec() -> dict[str, Any]:
@@ -272,7 +274,7 @@ ADMIN = SCHEMA.include(tag="admin")
 
 
 @PUBLIC.parametrize()
-@BOUNDED
+@FEW
 def test_the_public_listener_answers_as_documented(
     case: Case[OpenApiOperation], running: Running
 ) -> None:
@@ -280,8 +282,28 @@ def test_the_public_listener_answers_as_documented(
 
 
 @ADMIN.parametrize()
-@BOUNDED
+@FEW
 def test_the_admin_listener_answers_as_documented(
+    case: Case[OpenApiOperation], running: Running
+) -> None:
+    call(case, running, lambda r: r.admin_url)
+
+
+# The two above on four times the cases; they hold the same checks in the inner loop.
+@pytest.mark.slow
+@PUBLIC.parametrize()
+@BOUNDED
+def test_the_public_listener_answers_as_documented_on_more_cases(
+    case: Case[OpenApiOperation], running: Running
+) -> None:
+    call(case, running, lambda r: r.url)
+
+
+# As above, for the admin listener.
+@pytest.mark.slow
+@ADMIN.parametrize()
+@BOUNDED
+def test_the_admin_listener_answers_as_documented_on_more_cases(
     case: Case[OpenApiOperation], running: Running
 ) -> None:
     call(case, running, lambda r: r.admin_url)
