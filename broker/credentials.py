@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from typing import Final, NewType
 
 import jwt
 
@@ -15,14 +15,31 @@ MARGIN_SHARE = 0.2
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-class TokenKey(NamedTuple):
-    """What one checkout JWT is scoped to."""
+# What one checkout JWT is scoped to: "customer_id/invoice_id", one string. A key is
+# kept per cached token, per scheduled renewal and per cached session (up to a hundred
+# thousand and more of each), where a (customer_id, invoice_id) tuple took a tuple and
+# two strings. IDs match ID_PATTERN, which has no '/', and ``token_key`` refuses one, so
+# the join is injective and the first '/' always splits it back.
+TokenKey = NewType("TokenKey", str)
+KEY_SEPARATOR: Final = "/"
 
-    customer_id: str
-    invoice_id: str
 
-    def __str__(self) -> str:
-        return f"{self.customer_id}/{self.invoice_id}"
+def token_key(customer_id: str, invoice_id: str) -> TokenKey:
+    """The key of (*customer_id*, *invoice_id*); ValueError if either holds a '/'."""
+    if KEY_SEPARATOR in customer_id or KEY_SEPARATOR in invoice_id:
+        raise ValueError("an id in a token key must not contain '/'")
+    return TokenKey(customer_id + KEY_SEPARATOR + invoice_id)
+
+
+def key_ids(key: TokenKey) -> tuple[str, str]:
+    """(customer_id, invoice_id) of *key*."""
+    customer_id, _, invoice_id = key.partition(KEY_SEPARATOR)
+    return customer_id, invoice_id
+
+
+def customer_of(key: TokenKey) -> str:
+    """The customer_id of *key* (up to its '/': "cus_1/…" is never "cus_10"'s)."""
+    return key.partition(KEY_SEPARATOR)[0]
 
 
 def valid_id(value: object) -> bool:

@@ -27,6 +27,7 @@ from broker.auth.sessions import (
     key_id,
 )
 from broker.config.model import SessionSettings, Settings
+from broker.credentials import customer_of
 from broker.errors import BrokerError
 from broker.observability.logs import get_logger
 from broker.observability.metrics import Metrics
@@ -311,7 +312,7 @@ class Gateway:
         account = self._accounts.get(session.partner)
         if account is None:  # a partner a reload took out
             raise AuthFailure("unknown_partner", session.key)
-        customer_id = session.key.customer_id
+        customer_id = customer_of(session.key)
         if self.revocations.revoked(customer_id, session.issued_at):
             raise AuthFailure("revoked", session.key)
         shared = account.shared

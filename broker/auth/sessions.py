@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.bounded import trim_target, trimmed
 from broker.config.model import SessionSettings
-from broker.credentials import TokenKey, valid_id
+from broker.credentials import TokenKey, key_ids, token_key, valid_id
 from broker.errors import Unauthenticated
 
 ALGORITHM = "ES256"
@@ -142,12 +142,13 @@ class SessionAuthority:
         # in the same second just after it.
         now = round(self._clock(), 3)
         expires_at = int(now) + self._settings.ttl
+        customer_id, invoice_id = key_ids(key)
         claims = {
             "iss": self._settings.issuer,
             "aud": self._settings.audience,
-            "sub": key.customer_id,
-            "customer_id": key.customer_id,
-            "invoice_id": key.invoice_id,
+            "sub": customer_id,
+            "customer_id": customer_id,
+            "invoice_id": invoice_id,
             "client_id": client_id,
             "iat": now,
             "exp": expires_at,
@@ -274,7 +275,7 @@ def _session_from_claims(claims: dict[str, object], digest: bytes) -> Session:
     ):
         raise AuthFailure("invalid_claims")
     return Session(
-        key=TokenKey(str(customer_id), str(invoice_id)),
+        key=token_key(str(customer_id), str(invoice_id)),
         # Interned: a hundred thousand cached sessions share one string per partner.
         partner=sys.intern(str(partner)),
         digest=digest,
