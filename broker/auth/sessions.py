@@ -38,18 +38,32 @@ MAX_TOKEN_LENGTH: Final = 4096
 VERIFIED_CACHE_SIZE = 100_000
 
 
-@dataclass(frozen=True, slots=True)
 class Session:
     """A verified session: only what requests need, since up to VERIFIED_CACHE_SIZE of
-    these stay cached (the claims ``jti`` and ``client_id`` are checked, not kept)."""
+    these stay cached (the claims ``jti`` and ``client_id`` are checked, not kept).
 
-    key: TokenKey
-    partner: str
-    # The verified-cache key (BLAKE2b of the token): also names the session for the
-    # per-session rate limit, one token one bucket, without keeping the jti string.
-    digest: bytes
-    issued_at: float
-    expires_at: float
+    A plain class rather than a frozen dataclass: compiled, mypyc lays a dataclass out
+    8 bytes larger (88, a 96-byte allocation, against 80). ``Final`` keeps it read-only
+    (mypy checks it; compiled, so does the runtime)."""
+
+    __slots__ = ("digest", "expires_at", "issued_at", "key", "partner")
+
+    def __init__(
+        self, key: TokenKey, partner: str, digest: bytes, issued_at: float, expires_at: float
+    ) -> None:
+        self.key: Final = key
+        self.partner: Final = partner
+        # The verified-cache key (BLAKE2b of the token): also names the session for the
+        # per-session rate limit, one token one bucket, without keeping the jti string.
+        self.digest: Final = digest
+        self.issued_at: Final = issued_at
+        self.expires_at: Final = expires_at
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(key={self.key!r}, partner={self.partner!r},"
+            f" issued_at={self.issued_at!r}, expires_at={self.expires_at!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
