@@ -40,6 +40,10 @@ class Revocations:
         self._revoked[customer_id] = latest
         return before
 
+    def empty(self) -> bool:
+        """Whether no customer is revoked (the usual case): nothing to look up."""
+        return not self._revoked
+
     def revoked(self, customer_id: str, issued_at: float) -> bool:
         if not self._revoked:
             return False  # the usual case

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.bounded import trim_target, trimmed
 from broker.config.model import SessionSettings
-from broker.credentials import TokenKey, valid_id
+from broker.credentials import TokenKey, key_ids, token_key, valid_id
 from broker.errors import Unauthenticated
 
 ALGORITHM = "ES256"
@@ -38,18 +38,32 @@ MAX_TOKEN_LENGTH: Final = 4096
 VERIFIED_CACHE_SIZE = 100_000
 
 
-@dataclass(frozen=True, slots=True)
 class Session:
     """A verified session: only what requests need, since up to VERIFIED_CACHE_SIZE of
-    these stay cached (the claims ``jti`` and ``client_id`` are checked, not kept)."""
+    these stay cached (the claims ``jti`` and ``client_id`` are checked, not kept).
 
-    key: TokenKey
-    partner: str
-    # The verified-cache key (BLAKE2b of the token): also names the session for the
-    # per-session rate limit, one token one bucket, without keeping the jti string.
-    digest: bytes
-    issued_at: float
-    expires_at: float
+    A plain class rather than a frozen dataclass: compiled, mypyc lays a dataclass out
+    8 bytes larger (88, a 96-byte allocation, against 80). ``Final`` keeps it read-only
+    (mypy checks it; compiled, so does the runtime)."""
+
+    __slots__ = ("digest", "expires_at", "issued_at", "key", "partner")
+
+    def __init__(
+        self, key: TokenKey, partner: str, digest: bytes, issued_at: float, expires_at: float
+    ) -> None:
+        self.key: Final = key
+        self.partner: Final = partner
+        # The verified-cache key (BLAKE2b of the token): also names the session for the
+        # per-session rate limit, one token one bucket, without keeping the jti string.
+        self.digest: Final = digest
+        self.issued_at: Final = issued_at
+        self.expires_at: Final = expires_at
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(key={self.key!r}, partner={self.partner!r},"
+            f" issued_at={self.issued_at!r}, expires_at={self.expires_at!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +156,13 @@ class SessionAuthority:
         # in the same second just after it.
         now = round(self._clock(), 3)
         expires_at = int(now) + self._settings.ttl
+        customer_id, invoice_id = key_ids(key)
         claims = {
             "iss": self._settings.issuer,
             "aud": self._settings.audience,
-            "sub": key.customer_id,
-            "customer_id": key.customer_id,
-            "invoice_id": key.invoice_id,
+            "sub": customer_id,
+            "customer_id": customer_id,
+            "invoice_id": invoice_id,
             "client_id": client_id,
             "iat": now,
             "exp": expires_at,
@@ -274,7 +289,7 @@ def _session_from_claims(claims: dict[str, object], digest: bytes) -> Session:
     ):
         raise AuthFailure("invalid_claims")
     return Session(
-        key=TokenKey(str(customer_id), str(invoice_id)),
+        key=token_key(str(customer_id), str(invoice_id)),
         # Interned: a hundred thousand cached sessions share one string per partner.
         partner=sys.intern(str(partner)),
         digest=digest,

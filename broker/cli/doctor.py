@@ -46,7 +46,7 @@ from yarl import URL
 from broker import __version__
 from broker.auth.sessions import key_id
 from broker.config.model import ConfigError, Settings, load_settings, unknown_environment
-from broker.credentials import TokenKey
+from broker.credentials import ID_PATTERN, token_key, valid_id
 from broker.errors import BrokerError, CredentialsRejected, GatewayTimeout, NotFound
 from broker.observability.metrics import Metrics
 from broker.upstream.partner_api import PartnerApi, PartnerTokenRejected, UpstreamRateLimited
@@ -210,7 +210,7 @@ class Doctor:
         if self.partner_token is None:
             return skipped(name, f"{path} needs a partner token")
         if self.customer is not None and self.invoice is not None:
-            return await self._mint(TokenKey(self.customer, self.invoice))
+            return await self._mint(self.customer, self.invoice)
         # Without an invoice_id the init endpoint refuses the request (400, "invalid
         # invoice id"): it exists and took the partner token, and nothing is minted. A
         # path that is not the init endpoint answers 404.
@@ -229,21 +229,25 @@ class Doctor:
                           "check upstream.checkout_init_path and upstream.base_url")  # fmt: skip
         return failed(name, f"{path} answered {status} to a partner token", _status_hint(status))
 
-    async def _mint(self, key: TokenKey) -> Result:
+    async def _mint(self, customer_id: str, invoice_id: str) -> Result:
         path = self.settings.upstream.checkout_init_path
         name = "init path"
         assert self.partner_token is not None  # noqa: S101 - checked by the caller
+        if not valid_id(customer_id) or not valid_id(invoice_id):
+            return failed(name, "--customer and --invoice must be ids the broker accepts",
+                          f"give ids matching {ID_PATTERN.pattern}")  # fmt: skip
+        key = token_key(customer_id, invoice_id)
         started = time.perf_counter()
         try:
             minted = await self.api.mint_checkout_token(self.partner_token, key)
         except NotFound as exc:
             other = _other_init_path(path)
-            ids = {"customer_id": key.customer_id, "invoice_id": key.invoice_id}
+            ids = {"customer_id": customer_id, "invoice_id": invoice_id}
             if await self._probe(other, ids) == 200:
                 return failed(name, f"{path} answered {_status(exc)} where {other} minted",
                               f'set upstream.checkout_init_path = "{other}"')  # fmt: skip
-            return failed(name, f"{path} answered {_status(exc)} for {key.customer_id}/"
-                          f"{key.invoice_id}", "check that this customer owns this invoice in"
+            return failed(name, f"{path} answered {_status(exc)} for {key}",
+                          "check that this customer owns this invoice in"
                           " this environment (IDs differ between demo and production)")  # fmt: skip
         except PartnerTokenRejected:
             return failed(name, f"{path} refused the partner token (401)",
@@ -255,7 +259,7 @@ class Doctor:
         lives = minted.expires_at - time.time()
         return passed(
             name,
-            f"{path} minted a checkout JWT for {key.customer_id}/{key.invoice_id} in"
+            f"{path} minted a checkout JWT for {key} in"
             f" {elapsed * 1000:.0f} ms; it lives {lives:.0f} s",
         )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 from yarl import URL
 
-from broker.credentials import TokenKey
+from broker.credentials import TokenKey, customer_of, key_ids
 from broker.errors import BadGateway
 from broker.observability.exchange import Exchange
 from broker.observability.logs import get_logger
@@ -49,7 +49,7 @@ class Forwarder:
         tokens = self._tokens
         lookup = tokens.cached(key) or await tokens.wait_for_mint(key)
         exchange.token_outcome = lookup.outcome
-        holder = key.customer_id
+        holder = customer_of(key)
         upstream = await self._send(request, exchange, url, body, lookup.token.value, holder)
         if upstream.status != 401:
             return upstream
@@ -60,7 +60,7 @@ class Forwarder:
         self._metrics.upstream_unauthorized.labels(
             partner=self._metrics.partner, result=result
         ).inc()
-        log.info("upstream_unauthorized_" + result, customer_id=key.customer_id)
+        log.info("upstream_unauthorized_" + result, customer_id=holder)
         if upstream.status == 401:
             upstream.release()
             raise BadGateway("upstream refused a freshly minted token")
@@ -121,7 +121,7 @@ class TracedForwarder(Forwarder):
     ) -> UpstreamResponse:
         lookup = await self._lookup(key, None)
         exchange.token_outcome = lookup.outcome
-        holder = key.customer_id
+        holder = customer_of(key)
         upstream = await self._send(request, exchange, url, body, lookup.token.value, holder)
         if upstream.status != 401:
             return upstream
@@ -130,7 +130,7 @@ class TracedForwarder(Forwarder):
         upstream = await self._send(request, exchange, url, body, lookup.token.value, holder)
         result = "failed" if upstream.status == 401 else "recovered"
         self._metrics.upstream_unauthorized.labels(result=result).inc()
-        log.info("upstream_unauthorized_" + result, customer_id=key.customer_id)
+        log.info("upstream_unauthorized_" + result, customer_id=holder)
         if upstream.status == 401:
             upstream.release()
             raise BadGateway("upstream refused a freshly minted token")
@@ -138,8 +138,9 @@ class TracedForwarder(Forwarder):
 
     async def _lookup(self, key: TokenKey, rejected: Lookup | None) -> Lookup:
         with self._tracing.span("broker.token.lookup") as span:
-            span.set("broker.customer_id", key.customer_id)
-            span.set("broker.invoice_id", key.invoice_id)
+            customer_id, invoice_id = key_ids(key)
+            span.set("broker.customer_id", customer_id)
+            span.set("broker.invoice_id", invoice_id)
             tokens = self._tokens
             if rejected is None:
                 lookup = tokens.cached(key) or await tokens.wait_for_mint(key)

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable
 
-from broker.credentials import CheckoutToken, TokenKey, fingerprint
+from broker.credentials import CheckoutToken, TokenKey, fingerprint, key_ids
 from broker.observability.logs import get_logger
 from broker.redis.link import RedisUnavailable
 from broker.redis.shared import SharedToken, SharedTokens
@@ -23,8 +23,11 @@ log = get_logger("broker.redis")
 
 
 def checkout_slot(key: TokenKey) -> str:
-    # IDs are validated [A-Za-z0-9_-]{1,64}, so ':' cannot make two keys collide.
-    return f"checkout:{key.customer_id}:{key.invoice_id}"
+    # IDs are validated [A-Za-z0-9_-]{1,64}, so ':' cannot make two keys collide. The
+    # slot names stay what they were when a key was a (customer, invoice) pair: replicas
+    # of either version share one Redis.
+    customer_id, invoice_id = key_ids(key)
+    return f"checkout:{customer_id}:{invoice_id}"
 
 
 class RedisCoordinator:
@@ -93,10 +96,11 @@ class _CheckoutCodec:
         )
         if not token.forwardable(now):
             return None
+        customer_id, invoice_id = key_ids(self._key)
         log.info(
             "checkout_token_adopted",
-            customer_id=self._key.customer_id,
-            invoice_id=self._key.invoice_id,
+            customer_id=customer_id,
+            invoice_id=invoice_id,
             token_fp=fingerprint(shared.value),
             expires_in_s=round(shared.expires_at - now, 3),
             ahead=current is not None,

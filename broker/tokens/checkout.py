@@ -24,6 +24,7 @@ from broker.credentials import (
     TokenKey,
     effective_expiry,
     fingerprint,
+    key_ids,
 )
 from broker.errors import BadGateway, BrokerError, RateBudgetExhausted, TokenMismatch
 from broker.observability.logs import get_logger
@@ -225,7 +226,7 @@ class CheckoutTokens:
                 # Past its last chance, looked at once more when it expires, so that it
                 # leaves the cache then (nothing else would look at an unused key).
                 self._push(min(retry_at, current.forward_until), key)
-            log.warning("checkout_token_renewal_failed", key=str(key), error=type(exc).__name__)
+            log.warning("checkout_token_renewal_failed", key=key, error=type(exc).__name__)
 
     async def _mint(self, key: TokenKey, *, ahead: bool) -> CheckoutToken:
         current = self._store.get(key) if ahead else None
@@ -242,8 +243,9 @@ class CheckoutTokens:
         self, key: TokenKey, *, ahead: bool, current: CheckoutToken | None
     ) -> CheckoutToken:
         with maybe_span(self._tracing, "broker.token.mint") as span:
-            span.set("broker.customer_id", key.customer_id)
-            span.set("broker.invoice_id", key.invoice_id)
+            customer_id, invoice_id = key_ids(key)
+            span.set("broker.customer_id", customer_id)
+            span.set("broker.invoice_id", invoice_id)
             span.set("broker.token.ahead", ahead)
             token = await self._mint_checked(key, ahead=ahead, current=current)
             span.set("broker.token.lifetime_s", round(token.expires_at - self._clock(), 3))
@@ -259,13 +261,11 @@ class CheckoutTokens:
             max_wait = min(max_wait, max(0.0, current.forward_until - started))
         minted = await self._call_upstream(key, max_wait)
         expires_at, claims = effective_expiry(minted.token, minted.expires_at)
+        customer_id, invoice_id = key_ids(key)
         if claims is not None:
-            for claim, expected in (
-                ("customer_id", key.customer_id),
-                ("invoice_id", key.invoice_id),
-            ):
+            for claim, expected in (("customer_id", customer_id), ("invoice_id", invoice_id)):
                 if claim in claims and claims[claim] != expected:
-                    log.error("checkout_token_mismatch", key=str(key), claim=claim)
+                    log.error("checkout_token_mismatch", key=key, claim=claim)
                     raise TokenMismatch(f"minted token carries another {claim}")
         now = self._clock()
         expires_at = self._on_our_clock(minted, expires_at, now)
@@ -273,8 +273,8 @@ class CheckoutTokens:
         self._mint_duration.observe(now - started)
         log.info(
             "checkout_token_minted",
-            customer_id=key.customer_id,
-            invoice_id=key.invoice_id,
+            customer_id=customer_id,
+            invoice_id=invoice_id,
             token_fp=fingerprint(minted.token),
             expires_in_s=round(expires_at - now, 3),
             ahead=ahead,
@@ -342,7 +342,7 @@ class CheckoutTokens:
                 pause = RETRY_PAUSE * (0.5 + random.random())  # noqa: S311 - spreading load
                 if attempt == 2 or pause > deadline - self._clock():
                     raise
-                log.warning("checkout_token_mint_retried", key=str(key), detail=exc.detail)
+                log.warning("checkout_token_mint_retried", key=key, detail=exc.detail)
                 await asyncio.sleep(pause)
         raise AssertionError("unreachable")  # pragma: no cover
 

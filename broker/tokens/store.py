@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from broker.bounded import trim_target, trimmed
-from broker.credentials import CheckoutToken, TokenKey
+from broker.credentials import CheckoutToken, TokenKey, customer_of
 
 
 class TokenStore(Protocol):
@@ -66,7 +66,7 @@ class MemoryTokenStore:
         return True
 
     def keys_of_customer(self, customer_id: str) -> list[TokenKey]:
-        return [key for key in list(self._entries) if key.customer_id == customer_id]
+        return [key for key in list(self._entries) if customer_of(key) == customer_id]
 
     def items(self) -> Iterator[tuple[TokenKey, CheckoutToken]]:
         now = self._clock()

@@ -14,7 +14,7 @@ import aiohttp
 from yarl import URL
 
 from broker.config.model import Credential, PartnerSettings, UpstreamSettings
-from broker.credentials import TokenKey, unverified_claims
+from broker.credentials import TokenKey, key_ids, unverified_claims
 from broker.errors import (
     BadGateway,
     BrokerError,
@@ -193,10 +193,11 @@ class PartnerApi:
 
     async def mint_checkout_token(self, bearer: str, key: TokenKey) -> MintedToken:
         headers = _headers(f"Bearer {bearer}", "application/json")
-        payload = json.dumps({"customer_id": key.customer_id, "invoice_id": key.invoice_id})
+        customer_id, invoice_id = key_ids(key)
+        payload = json.dumps({"customer_id": customer_id, "invoice_id": invoice_id})
         with self._span("mint", "POST", self._init_url, headers) as span:
-            span.set("broker.customer_id", key.customer_id)
-            span.set("broker.invoice_id", key.invoice_id)
+            span.set("broker.customer_id", customer_id)
+            span.set("broker.invoice_id", invoice_id)
             return await self._mint(headers, payload, key, span)
 
     async def _mint(
@@ -250,12 +251,13 @@ class PartnerApi:
         upstream's clock from ``iat`` when it is a finite number."""
         if "client_id" in claims and claims["client_id"] not in self._client_ids:
             log.error(
-                "checkout_token_mismatch", partner=self.partner_id, key=str(key), claim="client_id"
+                "checkout_token_mismatch", partner=self.partner_id, key=key, claim="client_id"
             )
             raise TokenMismatch("minted token carries another client_id")
-        for claim, expected in (("customer_id", key.customer_id), ("invoice_id", key.invoice_id)):
+        customer_id, invoice_id = key_ids(key)
+        for claim, expected in (("customer_id", customer_id), ("invoice_id", invoice_id)):
             if claim in claims and claims[claim] != expected:
-                log.error("checkout_token_mismatch", key=str(key), claim=claim)
+                log.error("checkout_token_mismatch", key=key, claim=claim)
                 raise TokenMismatch(f"minted token carries another {claim}")
         iat = claims.get("iat")
         if iat is None:

@@ -13,7 +13,7 @@ import time
 from aiohttp import web
 
 from broker.auth.sessions import AuthFailure
-from broker.credentials import fingerprint, unverified_claims, valid_id
+from broker.credentials import customer_of, fingerprint, key_ids, unverified_claims, valid_id
 from broker.errors import BadRequest, NotFound
 from broker.observability.logs import get_logger
 from broker.proxy.relay import read_body
@@ -54,14 +54,14 @@ async def customer_tokens(request: web.Request) -> web.Response:
     tokens = [
         {
             "partner": account.id,
-            "invoice_id": key.invoice_id,
+            "invoice_id": key_ids(key)[1],
             "expires_at": round(token.expires_at, 3),
             "age_s": _age(token.value, now),
             "fingerprint": fingerprint(token.value),
         }
         for account in gateway.accounts.values()
         for key, token in account.tokens.store.items()
-        if key.customer_id == customer_id
+        if customer_of(key) == customer_id
     ]
     log.info("admin_audit", action="list_tokens", customer_id=customer_id,
              remote=request.remote, outcome="ok", tokens=len(tokens))  # fmt: skip

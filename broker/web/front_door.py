@@ -25,6 +25,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.typedefs import Handler
 
 from broker.auth.sessions import AuthFailure
+from broker.credentials import key_ids
 from broker.errors import (
     BrokerError,
     Forbidden,
@@ -349,7 +350,7 @@ def error_response(request: web.Request, exc: BrokerError) -> web.Response:
         # Why, for the request_finished line only: the answer stays uniform.
         exchange.reason = exc.reason if isinstance(exc, AuthFailure) else exc.detail or exc.code
         if isinstance(exc, AuthFailure) and exc.key is not None and exchange.customer_id is None:
-            exchange.customer_id, exchange.invoice_id = exc.key
+            exchange.customer_id, exchange.invoice_id = key_ids(exc.key)
     if isinstance(exc, AuthFailure):
         request.app[gateway_key].metrics.auth_failures.labels(reason=exc.reason).inc()
     if exc.status >= 500:

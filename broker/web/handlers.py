@@ -8,7 +8,7 @@ from typing import Final
 from aiohttp import web
 
 from broker.auth.sessions import AuthFailure
-from broker.credentials import TokenKey, valid_id
+from broker.credentials import key_ids, token_key, valid_id
 from broker.errors import BadGateway, BadRequest, NotFound
 from broker.gateway import Gateway
 from broker.headers import AUTHORIZATION, CACHE_CONTROL, PRAGMA
@@ -110,8 +110,7 @@ async def issue_session(request: web.Request) -> web.Response:
     else:
         raise AuthFailure("unknown_api_key")
     account = gateway.account(partner)
-    key = TokenKey(customer_id, invoice_id)
-    exchange.customer_id, exchange.invoice_id = key
+    key = token_key(customer_id, invoice_id)
     issued = gateway.sessions.issue(key, partner=account.id, client_id=account.api.active_client_id)
     account.metrics.sessions_issued.labels(partner=account.id, auth=auth).inc()
     body = {"token": issued.token, "expires_at": issued.expires_at}
@@ -163,7 +162,7 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     session, account = await gateway.authenticate(bearer_token(request))
     if account is not first:  # another partner's upstream: its own URL (memoised too)
         url = account.targets.upstream_url(request.method, request.raw_path)
-    exchange.customer_id, exchange.invoice_id = session.key
+    exchange.customer_id, exchange.invoice_id = key_ids(session.key)
     gateway.session_throttle.take(session.digest)
     limits = gateway.settings.limits
     # Most SDK calls are GETs: no body to read, no coroutine to make for it.
@@ -195,12 +194,13 @@ async def traced_proxy(gateway: Gateway, request: web.Request) -> web.StreamResp
     url = first.targets.upstream_url(request.method, request.raw_path)
     with maybe_span(gateway.tracing, "broker.session.verify") as span:
         session, account = await gateway.authenticate(bearer_token(request))
-        span.set("broker.customer_id", session.key.customer_id)
-        span.set("broker.invoice_id", session.key.invoice_id)
+        customer_id, invoice_id = key_ids(session.key)
+        span.set("broker.customer_id", customer_id)
+        span.set("broker.invoice_id", invoice_id)
         span.set("broker.partner", account.id)
     if account is not first:
         url = account.targets.upstream_url(request.method, request.raw_path)
-    exchange.customer_id, exchange.invoice_id = session.key
+    exchange.customer_id, exchange.invoice_id = customer_id, invoice_id
     gateway.session_throttle.take(session.digest)
     limits = gateway.settings.limits
     # Most SDK calls are GETs: no body to read, no coroutine to make for it.

@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.auth.sessions import AuthFailure, SessionAuthority, key_id
 from broker.config.model import SessionSettings
-from broker.credentials import TokenKey
+from broker.credentials import token_key
 
-KEY = TokenKey("cus_alice", "inv_alice_1")
+KEY = token_key("cus_alice", "inv_alice_1")
 
 
 class Clock:

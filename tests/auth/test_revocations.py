@@ -16,8 +16,10 @@ class Clock:
 def test_sessions_issued_up_to_the_revocation_are_refused_until_they_would_expire() -> None:
     clock = Clock()
     revoked = Revocations(session_ttl=60, clock=clock)
+    assert revoked.empty()
     assert not revoked.revoked("cus_1", issued_at=999)
     revoked.revoke("cus_1")
+    assert not revoked.empty()
     assert revoked.revoked("cus_1", issued_at=999)
     assert revoked.revoked("cus_1", issued_at=1_000)
     assert not revoked.revoked("cus_1", issued_at=1_000.5)  # issued after: fine

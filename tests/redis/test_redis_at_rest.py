@@ -10,7 +10,7 @@ import time
 from redis.asyncio import Redis
 
 from broker.config.model import CacheSettings
-from broker.credentials import CheckoutToken, TokenKey
+from broker.credentials import CheckoutToken, token_key
 from broker.upstream.partner_api import OAuthToken
 from tests.redis.conftest import MakeBackend
 
@@ -63,7 +63,7 @@ async def test_no_key_or_value_in_the_namespace_reveals_a_token(
     async def fetch() -> OAuthToken:
         return OAuthToken(access_token=partner_canary, expires_in=3600)
 
-    key = TokenKey("cus_canary", "inv_canary")
+    key = token_key("cus_canary", "inv_canary")
     pending = asyncio.create_task(replica.coordinator.obtain(key, mint, current=None))
     await asyncio.wait_for(minting.wait(), timeout=2.0)
     await replica.partner_cache.obtain(fetch, current=None)

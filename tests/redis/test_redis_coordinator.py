@@ -9,13 +9,13 @@ import pytest
 from redis.asyncio import Redis
 
 from broker.config.model import CacheSettings
-from broker.credentials import CheckoutToken, TokenKey
+from broker.credentials import CheckoutToken, token_key
 from broker.redis.coordinator import checkout_slot
 from broker.redis.sealing import Sealer
 from broker.redis.shared import SharedToken
 from tests.redis.conftest import MakeBackend
 
-KEY = TokenKey("cus_1", "inv_1")
+KEY = token_key("cus_1", "inv_1")
 
 
 class Minter:
@@ -35,6 +35,12 @@ class Minter:
         return CheckoutToken.create(
             f"jwt-{self.calls}-{now}", expires_at=now + self.lifetime, now=now, refresh_margin=60
         )
+
+
+def test_slot_names_are_those_replicas_of_every_version_share() -> None:
+    # As when a key was a (customer_id, invoice_id) pair: a rolling upgrade shares them.
+    assert checkout_slot(KEY) == "checkout:cus_1:inv_1"
+    assert checkout_slot(token_key("cus_10", "inv-1_a")) == "checkout:cus_10:inv-1_a"
 
 
 async def test_concurrent_replicas_mint_a_key_once_and_all_get_that_token(

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from broker.config.model import CacheSettings
-from broker.credentials import TokenKey
+from broker.credentials import token_key
 from broker.errors import RateBudgetExhausted
 from broker.observability.metrics import Metrics
 from broker.redis.backend import RedisBackend
@@ -55,7 +55,7 @@ async def test_a_replica_started_without_redis_serves_alone_then_rejoins(
         assert "redis unavailable" in (alone.health_note() or "")
         assert registry.get_sample_value("broker_redis_degraded") == 1
         mint = Minter()
-        await alone.coordinator.obtain(TokenKey("cus_1", "inv_1"), mint, current=None)
+        await alone.coordinator.obtain(token_key("cus_1", "inv_1"), mint, current=None)
         assert mint.calls == 1
         assert await alone.budget.acquire(max_wait=1.0) == 0.0
         assert await alone.revoked_before("cus_1") is None
@@ -67,7 +67,7 @@ async def test_a_replica_started_without_redis_serves_alone_then_rejoins(
             assert registry.get_sample_value("broker_redis_degraded") == 0
             peer = await make_backend(settings)
             shared_mint = Minter(delay=0.2)
-            key = TokenKey("cus_2", "inv_2")
+            key = token_key("cus_2", "inv_2")
             await asyncio.gather(
                 alone.coordinator.obtain(key, shared_mint, current=None),
                 peer.coordinator.obtain(key, shared_mint, current=None),
@@ -87,13 +87,13 @@ async def test_redis_dying_mid_flight_degrades_once_and_nothing_fails(
     try:
         replica = await make_backend(settings)
         assert not replica.degraded
-        await replica.coordinator.obtain(TokenKey("cus_0", "inv_0"), Minter(), current=None)
+        await replica.coordinator.obtain(token_key("cus_0", "inv_0"), Minter(), current=None)
         with capture_logs() as logs:
             await asyncio.to_thread(server.kill)
             mint = Minter()
             tokens = await asyncio.gather(
                 *(
-                    replica.coordinator.obtain(TokenKey(f"cus_{i}", "inv"), mint, current=None)
+                    replica.coordinator.obtain(token_key(f"cus_{i}", "inv"), mint, current=None)
                     for i in range(1, 11)
                 )
             )
@@ -104,7 +104,7 @@ async def test_redis_dying_mid_flight_degrades_once_and_nothing_fails(
             await wait_for_mode(replica, degraded=False, within=3.0)
             # Connections pooled before the outage must not knock it straight back down.
             for i in range(5):
-                await replica.coordinator.obtain(TokenKey(f"cus_{i}", "after"), mint, current=None)
+                await replica.coordinator.obtain(token_key(f"cus_{i}", "after"), mint, current=None)
             assert not replica.degraded
         assert redis_events(logs) == ["redis_unavailable", "redis_recovered"]
     finally:
@@ -129,7 +129,7 @@ async def test_a_redis_that_never_answers_costs_one_timeout_at_start(
         assert time.monotonic() - started < 1.0
         assert replica.degraded
         started = time.monotonic()
-        await replica.coordinator.obtain(TokenKey("cus_1", "inv_1"), Minter(), current=None)
+        await replica.coordinator.obtain(token_key("cus_1", "inv_1"), Minter(), current=None)
         assert time.monotonic() - started < 0.1  # degraded: no Redis wait per request
     finally:
         black_hole.close()

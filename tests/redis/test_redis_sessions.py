@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from broker.config.model import CacheSettings
-from broker.credentials import TokenKey
+from broker.credentials import token_key
 from broker.errors import ServiceUnavailable
 from tests.redis.conftest import MakeBackend
 from tests.redis.processes import free_port
@@ -41,7 +41,11 @@ async def test_an_eviction_reaches_every_replica_and_drops_the_shared_tokens(
     evicted: list[list[str]] = [[], [], []]
     for replica, seen in zip(replicas, evicted, strict=True):
         replica.on_eviction(seen.append)
-    for key in (TokenKey("cus_1", "inv_a"), TokenKey("cus_1", "inv_b"), TokenKey("cus_2", "inv_c")):
+    for key in (
+        token_key("cus_1", "inv_a"),
+        token_key("cus_1", "inv_b"),
+        token_key("cus_2", "inv_c"),
+    ):
         await replicas[0].coordinator.obtain(key, Minter(), current=None)
     await asyncio.sleep(0.1)  # let the subscriptions settle
 

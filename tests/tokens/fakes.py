@@ -35,7 +35,7 @@ import jwt
 from prometheus_client import CollectorRegistry
 
 from broker.config.model import Credential
-from broker.credentials import TokenKey
+from broker.credentials import TokenKey, customer_of, key_ids
 from broker.errors import BrokerError, CredentialsRejected
 from broker.observability.metrics import Metrics
 from broker.tokens.budget import SlidingWindowBudget
@@ -194,13 +194,14 @@ class FakePartnerApi(PartnerApi):
             raise PartnerTokenRejected("init answered 401 to the partner token")
         if self.rate_limited is not None:
             raise UpstreamRateLimited("upstream answered 429", retry_after=self.rate_limited)
-        if stall := self.stall.get(key.customer_id):
+        if stall := self.stall.get(customer_of(key)):
             await asyncio.sleep(stall)
         now = self._clock()
         expires_at = now + self.token_ttl
+        customer_id, invoice_id = key_ids(key)
         claims = {
-            "customer_id": key.customer_id,
-            "invoice_id": key.invoice_id,
+            "customer_id": customer_id,
+            "invoice_id": invoice_id,
             "iat": now,
             "exp": expires_at,  # fractional, as the sandbox's
             "jti": f"fake-{next(self._serial)}",
@@ -208,7 +209,7 @@ class FakePartnerApi(PartnerApi):
         token = jwt.encode(claims, SIGNING_SECRET, algorithm="HS256")
         self._issued[token] = (key, expires_at)
         self.tokens_issued += 1
-        self.mints_per_key[str(key)] += 1
+        self.mints_per_key[key] += 1
         return MintedToken(token=token, expires_at=expires_at)
 
     def serve(self, token: str) -> int:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from broker.credentials import TokenKey
+from broker.credentials import TokenKey, token_key
 from broker.errors import BrokerError
 from broker.observability.metrics import Metrics
 from broker.tokens.budget import SlidingWindowBudget
@@ -150,7 +150,7 @@ async def _run(schedule: dict[str, object]) -> list[float]:
         async def arrive(delay: float, n: int) -> None:
             await asyncio.sleep(delay)
             with contextlib.suppress(BrokerError):  # 503 past the wait, a failed mint
-                await tokens.get(TokenKey(f"cus_{n}", f"inv_{n}"))
+                await tokens.get(token_key(f"cus_{n}", f"inv_{n}"))
 
         await asyncio.gather(*(arrive(delay, n) for delay, n in arrivals))
     finally:

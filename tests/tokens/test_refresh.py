@@ -12,12 +12,12 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from broker.credentials import TokenKey
+from broker.credentials import token_key
 from tests.conftest import LogCapture, MakeBroker, MakeSandbox, new_session
 from tests.helpers import auth, make_settings
 from tests.tokens.fakes import in_virtual_time, token_tier
 
-KEY = TokenKey("cus_alice", "inv_alice_1")
+KEY = token_key("cus_alice", "inv_alice_1")
 
 
 def lookups(registry: CollectorRegistry, outcome: str) -> float:
@@ -170,11 +170,11 @@ async def test_a_failing_renewal_is_not_retried_on_every_request(
 async def test_a_stalled_mint_does_not_slow_other_keys() -> None:
     async with token_tier() as tier:
         tier.api.stall["cus_stall"] = 3.0
-        stalled = asyncio.ensure_future(tier.forward(TokenKey("cus_stall", "inv_stall")))
+        stalled = asyncio.ensure_future(tier.forward(token_key("cus_stall", "inv_stall")))
         await asyncio.sleep(0.1)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        assert await tier.forward(TokenKey("cus_fine", "inv_fine")) == 200
+        assert await tier.forward(token_key("cus_fine", "inv_fine")) == 200
         assert loop.time() - started < 1.0
         assert not stalled.done()
         assert await stalled == 200

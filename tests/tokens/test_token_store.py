@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker.auth.sessions import SessionAuthority
 from broker.bounded import Memo
 from broker.config.model import SessionSettings
-from broker.credentials import CheckoutToken, TokenKey
+from broker.credentials import CheckoutToken, TokenKey, token_key
 from broker.errors import TooManyRequests
 from broker.proxy import throttle
 from broker.proxy.throttle import TokenBuckets
@@ -30,7 +30,7 @@ def token(now: float, lifetime: float) -> CheckoutToken:
 
 
 def key(n: int) -> TokenKey:
-    return TokenKey(f"cus_{n}", f"inv_{n}")
+    return token_key(f"cus_{n}", f"inv_{n}")
 
 
 def test_past_the_bound_expired_entries_go_first_then_the_oldest() -> None:
