@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -77,20 +78,13 @@ def chromium_path() -> str:
 
 
 def sdk_bytes() -> bytes:
-    """The pinned SDK as npm ships it, installed into SDK_PREFIX on first use."""
-    if not SDK_FILE.is_file():
-        npm = shutil.which("npm")
-        if npm is None:
-            unavailable(f"npm is needed to install {SDK_PACKAGE}@{SDK_VERSION}")
-        command = [
-            str(npm), "install", "--prefix", str(SDK_PREFIX), "--no-audit", "--no-fund",
-            "--loglevel=error", f"{SDK_PACKAGE}@{SDK_VERSION}",
-        ]  # fmt: skip
-        result = subprocess.run(  # noqa: S603 - fixed arguments
-            command, capture_output=True, text=True, timeout=180, check=False
-        )
-        if result.returncode != 0 or not SDK_FILE.is_file():
-            unavailable(f"`{' '.join(command)}` failed: {result.stderr.strip()[-500:]}")
+    """The pinned SDK as npm ships it, installed into SDK_PREFIX on first use (by one
+    process at a time: pytest-xdist's workers may all ask at once)."""
+    SDK_PREFIX.mkdir(exist_ok=True)
+    with (SDK_PREFIX / ".install-lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not SDK_FILE.is_file():
+            _install_sdk()
     manifest = json.loads((SDK_FILE.parent.parent / "package.json").read_text())
     assert manifest["version"] == SDK_VERSION, f"{SDK_PREFIX} holds {manifest['version']}"
     body = SDK_FILE.read_bytes()
@@ -99,6 +93,21 @@ def sdk_bytes() -> bytes:
     # the CDN's copy, so it fails here rather than in a partner's demo.
     assert digest == PINNED_SDK_INTEGRITY, f"npm's {SDK_ENTRY} is {digest}"
     return body
+
+
+def _install_sdk() -> None:
+    npm = shutil.which("npm")
+    if npm is None:
+        unavailable(f"npm is needed to install {SDK_PACKAGE}@{SDK_VERSION}")
+    command = [
+        str(npm), "install", "--prefix", str(SDK_PREFIX), "--no-audit", "--no-fund",
+        "--loglevel=error", f"{SDK_PACKAGE}@{SDK_VERSION}",
+    ]  # fmt: skip
+    result = subprocess.run(  # noqa: S603 - fixed arguments
+        command, capture_output=True, text=True, timeout=180, check=False
+    )
+    if result.returncode != 0 or not SDK_FILE.is_file():
+        unavailable(f"`{' '.join(command)}` failed: {result.stderr.strip()[-500:]}")
 
 
 def wait_for_url(
