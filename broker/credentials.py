@@ -8,8 +8,9 @@ from typing import Final, NewType
 
 import jwt
 
-# The share of a token's lifetime kept as a margin before expiry (design.md "Tokens"):
-# a 3-second token keeps most of its life, a 1-hour token is renewed a minute early.
+# The share of a token's lifetime kept as a margin before expiry, at most (the README's
+# `tokens.refresh_margin`): a 3-second token keeps most of its life, a 1-hour token is
+# renewed a minute early.
 MARGIN_SHARE = 0.2
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

@@ -1,8 +1,9 @@
 """The route allowlist: which (method, path) pairs the browser may reach upstream.
 
-By default exactly the SDK's calls (upstream-api.md §3) under ``/checkout/`` and
-``/checkout/v1/``; configured pairs add to them. Matching runs on the raw path
-segments that will be forwarded, so what is checked is what is forwarded.
+By default exactly the calls the vendor's SDK makes, under ``/checkout/`` and
+``/checkout/v1/`` (``broker/web/openapi.yaml`` lists them); configured pairs add to them.
+Matching runs on the raw path segments that will be forwarded, so what is checked is
+what is forwarded.
 """
 
 from __future__ import annotations

@@ -220,7 +220,7 @@ class PartnerApi:
             body = await _json_object(response, record)
             date = response.headers.get("Date")
         received_at = time.time()
-        # Some environments name it access_token (upstream-api.md §2).
+        # Some of the vendor's environments name it access_token.
         token = body.get("token") or body.get("access_token")
         expires_at = body.get("expires_at")
         if not _usable_token(token) or not _positive_number(expires_at):

@@ -162,7 +162,7 @@ async def test_a_wrong_init_path_fails(tmp_path: Path, sandbox: Sandbox) -> None
 async def test_the_other_init_path_is_suggested_where_only_it_answers(
     tmp_path: Path, sandbox: Sandbox, aiohttp_server: AiohttpServer, ids: tuple[str, ...]
 ) -> None:
-    """An environment that serves the init endpoint without /v1 (upstream-api.md §2)."""
+    """An environment that serves the init endpoint without /v1, as some of the vendor's do."""
     app = web.Application()
     app.router.add_post("/oauth/token", sandbox.delegate)
     app.router.add_post("/checkout-auth/init", sandbox.delegate)
