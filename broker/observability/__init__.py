@@ -6,11 +6,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from broker.observability.exchange import ACCESS_LOGGER, MAX_LOGGED_PATH, FinishedRequest
 from broker.observability.logs import (
     configure_logging,
     flush_logs,
     get_logger,
-    log_fields,
+    log_request,
     request_id_var,
     reset_logging,
 )
@@ -28,18 +29,21 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "ACCESS_LOGGER",
     "CLIENT",
+    "MAX_LOGGED_PATH",
     "TIER_CHECKOUT",
     "TIER_PARTNER",
     "UNMATCHED",
     "Exchange",
+    "FinishedRequest",
     "Metrics",
     "Span",
     "Tracing",
     "configure_logging",
     "flush_logs",
     "get_logger",
-    "log_fields",
+    "log_request",
     "maybe_inject",
     "maybe_span",
     "open_tracing",

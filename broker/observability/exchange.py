@@ -46,3 +46,95 @@ class Exchange:
         # the customer its token speaks for (customer_id is then what it asked for).
         self.reason: str | None = None
         self.caller: str | None = None
+
+
+# The logger of the request_finished lines, and as much of a path as they keep.
+ACCESS_LOGGER: Final = "broker.access"
+MAX_LOGGED_PATH: Final = 256
+# Every field a request_finished line can have, besides the pipeline's own (event,
+# level, logger, timestamp, trace ids): judged not secret once, by the renderer.
+REQUEST_LINE_FIELDS: Final = (
+    "method",
+    "path",
+    "status",
+    "duration_ms",
+    "bytes_sent",
+    "request_id",
+    "route",
+    "customer_id",
+    "invoice_id",
+    "upstream_status",
+    "upstream_ms",
+    "upstream_error_code",
+    "token_outcome",
+    "error_code",
+    "reason",
+    "auth",
+    "caller",
+)
+
+
+class FinishedRequest:
+    """One answered request, as its ``request_finished`` line needs it: what was known
+    when it was logged, kept until the line is rendered (after the event loop's
+    iteration, with the other lines of it). The fields are built only then."""
+
+    __slots__ = ("bytes_sent", "exchange", "method", "raw_path", "request_id", "seconds", "status")
+
+    def __init__(
+        self,
+        method: str,
+        raw_path: str,
+        status: int,
+        seconds: float,
+        bytes_sent: int,
+        exchange: Exchange | None,
+        request_id: str | None,
+    ) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.status = status
+        self.seconds = seconds
+        self.bytes_sent = bytes_sent
+        # None for a request refused before any route (the parser's, CONNECT).
+        self.exchange = exchange
+        self.request_id = request_id
+
+    def fields(self) -> dict[str, object]:
+        """The line's own fields, in their order, those without a value left out. The
+        query string is never logged: it may carry cursors or, by mistake, credentials."""
+        fields: dict[str, object] = {
+            "method": self.method,
+            "path": self.raw_path.partition("?")[0][:MAX_LOGGED_PATH],
+            "status": self.status,
+            "duration_ms": round(self.seconds * 1000, 3),
+            "bytes_sent": self.bytes_sent,
+        }
+        if self.request_id is not None:
+            fields["request_id"] = self.request_id
+        exchange = self.exchange
+        if exchange is None:
+            fields["route"] = UNMATCHED
+            return fields
+        fields["route"] = exchange.route
+        if exchange.customer_id is not None:
+            fields["customer_id"] = exchange.customer_id
+        if exchange.invoice_id is not None:
+            fields["invoice_id"] = exchange.invoice_id
+        if exchange.upstream_status is not None:
+            fields["upstream_status"] = exchange.upstream_status
+        if exchange.upstream_ms is not None:
+            fields["upstream_ms"] = round(exchange.upstream_ms, 3)
+        if exchange.upstream_error_code is not None:
+            fields["upstream_error_code"] = exchange.upstream_error_code
+        if exchange.token_outcome is not None:
+            fields["token_outcome"] = exchange.token_outcome
+        if exchange.error_code is not None:
+            fields["error_code"] = exchange.error_code
+        if exchange.reason is not None:  # a refusal: who asked, and why (never in the answer)
+            fields["reason"] = exchange.reason
+            if exchange.auth is not None:
+                fields["auth"] = exchange.auth
+            if exchange.caller is not None:
+                fields["caller"] = exchange.caller
+        return fields

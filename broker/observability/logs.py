@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any, Final, TextIO
+from typing import Any, Final, Generic, TextIO, TypeVar
 
 import orjson
 import structlog
@@ -27,6 +27,7 @@ from structlog.types import EventDict, Processor, WrappedLogger
 
 from broker.bounded import memo
 from broker.credentials import fingerprint
+from broker.observability.exchange import ACCESS_LOGGER, REQUEST_LINE_FIELDS, FinishedRequest
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
@@ -111,6 +112,8 @@ class LineRenderer:
             )
         # Names seen and judged not secret: a line of only those skips the judging.
         self._safe_names: set[str] = set()
+        # A request line's names are fixed by the code: judged once, here.
+        self._request_names_safe = not any(map(_secret_name, _REQUEST_LINE_NAMES))
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
         fields: EventDict = {n: value for n, value in event_dict.items() if value is not None}
@@ -119,8 +122,14 @@ class LineRenderer:
         return self._render(logger, method, fields)
 
     def render_request(self, fields: EventDict) -> str:
-        """The info line of *fields*, which hold a value each and no exception."""
-        return self._render(None, "info", fields)
+        """The info line of *fields*: a request line's (``_REQUEST_LINE_NAMES``), each
+        with a value, no exception. Its names need no judging; its values are scanned."""
+        if self._console or not self._request_names_safe:
+            return self._render(None, "info", fields)
+        line = _dumps(fields)
+        if not _suspect(line):
+            return line
+        return redact_text(_dumps(redact(None, "info", fields)))
 
     def _render(self, logger: WrappedLogger, method: str, fields: EventDict) -> str:
         if self._console:
@@ -161,39 +170,66 @@ def get_logger(name: str) -> Any:
     return structlog.get_logger(logger_name=name)
 
 
-def log_fields(logger_name: str, event: str, fields: dict[str, object]) -> None:
-    """``get_logger(logger_name).info(event, **fields)`` for the line written per
-    request: the same line, through the same processors' steps and to the same stream,
-    without structlog's bound-logger dispatch (which copies the fields three times and
-    calls each processor through a generic loop), rendered and written with the other
-    request lines of the event loop's iteration (see ``LineSink``). The caller checks
-    the level and leaves out the fields without a value (structlog's path drops a
-    ``None``; this one does not look); *fields* is consumed."""
-    writer = _request_lines
-    if writer is None:  # logging not configured by configure_logging: structlog's own path
-        get_logger(logger_name).info(event, **fields)
+REQUEST_FINISHED: Final = "request_finished"
+# Every name a request line can carry: its own fields and those the pipeline adds.
+_REQUEST_LINE_NAMES: Final = (
+    *REQUEST_LINE_FIELDS,
+    "event",
+    "trace_id",
+    "span_id",
+    "level",
+    "logger",
+    "timestamp",
+)
+
+
+def log_request(finished: FinishedRequest) -> None:
+    """Log the ``request_finished`` line of *finished* (the access logger's, once per
+    answered request; the caller checks the level). The line is the one
+    ``get_logger(ACCESS_LOGGER).info(REQUEST_FINISHED, **finished.fields())`` writes,
+    but only the moment and the span are read now: its fields are built, rendered and
+    written with the other request lines of the event loop's iteration, after it (see
+    ``RequestLines`` and ``LineSink``). This is the one line logged per request, which
+    is why it skips structlog's bound-logger dispatch (the fields copied three times,
+    each processor called through a generic loop)."""
+    lines = _request_lines
+    if lines is None:  # logging not configured by configure_logging: structlog's own path
+        get_logger(ACCESS_LOGGER).info(REQUEST_FINISHED, **finished.fields())
         return
-    writer.write(logger_name, event, fields)
+    lines.log(finished)
+
+
+# A request line waiting to be rendered: the request, when it was logged, and the
+# (trace_id, span_id) current then.
+_Pending = tuple[FinishedRequest, float, tuple[str, str] | None]
 
 
 class RequestLines:
-    """The info-level line of ``configure_logging``'s pipeline: its processors, in their
-    order, over the caller's fields (so the fields come out in the same order, redacted
-    by the same renderer), on the sink every line of the pipeline goes to. The steps
-    that read the moment and the context (request id, trace ids, timestamp) run when
-    the line is logged; rendering, when the sink writes it."""
+    """The request lines of ``configure_logging``'s pipeline: the same steps as its
+    processors, in their order (request id, trace ids, level, logger, timestamp), so
+    the same line comes out, redacted by the same renderer, on the sink every line of
+    the pipeline goes to. What reads the moment and the context runs when the line is
+    logged (``log``); the rest when the sink writes it (``render``)."""
 
-    def __init__(self, processors: list[Processor], sink: LineSink) -> None:
-        self._steps = processors[:-1]
-        self._sink = sink
+    def __init__(self, renderer: LineRenderer, timestamp: IsoTimestamp, stream: TextIO) -> None:
+        self._renderer = renderer
+        self._timestamp = timestamp
+        self.sink: LineSink[_Pending] = LineSink(stream, self.render)
 
-    def write(self, logger_name: str, event: str, fields: EventDict) -> None:
-        fields["event"] = event
-        fields["logger_name"] = logger_name  # as a bound logger's context carries it
-        line: Any = fields
-        for step in self._steps:
-            line = step(None, "info", line)
-        self._sink.defer(line)
+    def log(self, finished: FinishedRequest) -> None:
+        ids = _trace_ids() if _trace_ids is not None else None
+        self.sink.defer((finished, self._timestamp.clock(), ids))
+
+    def render(self, pending: _Pending) -> str:
+        finished, logged_at, ids = pending
+        fields: EventDict = finished.fields()
+        fields["event"] = REQUEST_FINISHED
+        if ids is not None:
+            fields["trace_id"], fields["span_id"] = ids
+        fields["level"] = "info"
+        fields["logger"] = ACCESS_LOGGER
+        fields["timestamp"] = self._timestamp.format(logged_at)
+        return self._renderer.render_request(fields)
 
 
 # A write(2) of at most PIPE_BUF bytes to a pipe is atomic: the lines of several
@@ -202,9 +238,11 @@ _PIPE_BUF: Final = 4096
 # Request lines kept for the end of the iteration at most: bounds the memory and
 # the lines a crash can lose.
 _MAX_DEFERRED: Final = 256
+# What the sink defers (a request line's record) and renders when it writes it.
+Deferred = TypeVar("Deferred")
 
 
-class LineSink:
+class LineSink(Generic[Deferred]):
     """The stream every line of ``configure_logging``'s pipeline is written to.
 
     A line is written when it is logged, except the request lines (``defer``): those
@@ -217,10 +255,10 @@ class LineSink:
     StreamHandler calls ``write`` and ``flush``, as on a stream. A lock makes it safe
     from any thread."""
 
-    def __init__(self, stream: TextIO, render: Callable[[EventDict], str]) -> None:
+    def __init__(self, stream: TextIO, render: Callable[[Deferred], str]) -> None:
         self._stream = stream
         self._render = render
-        self._deferred: list[EventDict] = []
+        self._deferred: list[Deferred] = []
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
@@ -243,10 +281,10 @@ class LineSink:
             self._stream.write(line + "\n")
             self._stream.flush()
 
-    def defer(self, fields: EventDict) -> None:
+    def defer(self, item: Deferred) -> None:
         with self._lock:
             deferred = self._deferred
-            deferred.append(fields)
+            deferred.append(item)
             if len(deferred) > 1:
                 if len(deferred) >= _MAX_DEFERRED:
                     self._write_deferred()
@@ -264,8 +302,8 @@ class LineSink:
         render, stream = self._render, self._stream
         chunk: list[str] = []
         size = 0
-        for fields in deferred:
-            line = render(fields) + "\n"
+        for item in deferred:
+            line = render(item) + "\n"
             length = len(line) if line.isascii() else len(line.encode())
             if chunk and size + length > _PIPE_BUF:
                 stream.write("".join(chunk))
@@ -283,7 +321,7 @@ class SinkLogger:
     WriteLogger does, which cannot be handed the sink: it keys a lock by a weak
     reference to its file, and a compiled class takes none."""
 
-    def __init__(self, sink: LineSink) -> None:
+    def __init__(self, sink: LineSink[_Pending]) -> None:
         self._sink = sink
 
     def for_logger(self, *_args: object) -> SinkLogger:
@@ -310,7 +348,7 @@ class SinkLogger:
 
 
 _request_lines: RequestLines | None = None
-_sink: LineSink | None = None
+_sink: LineSink[_Pending] | None = None
 
 
 def flush_logs() -> None:
@@ -368,8 +406,8 @@ def configure_logging(
         timestamper,
         renderer,
     ]
-    _sink = LineSink(stream, renderer.render_request)
-    _request_lines = RequestLines(processors, _sink)
+    _request_lines = RequestLines(renderer, timestamper, stream)
+    _sink = _request_lines.sink
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=processors,
@@ -407,18 +445,21 @@ class IsoTimestamp:
     microseconds are always written, also when they are zero."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
+        self.clock = clock
         self._second = -1
         self._prefix = ""
 
     def __call__(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-        now = self._clock()
+        event_dict["timestamp"] = self.format(self.clock())
+        return event_dict
+
+    def format(self, now: float) -> str:
+        """*now* (a ``clock()`` reading) as the ``timestamp`` field writes it."""
         second = int(now)
         if second != self._second:
             moment = datetime.datetime.fromtimestamp(second, tz=datetime.UTC)
             self._second, self._prefix = second, moment.strftime("%Y-%m-%dT%H:%M:%S")
-        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
-        return event_dict
+        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
 
 
 def _dumps(value: Any, **_kwargs: Any) -> str:

@@ -5,14 +5,12 @@ transport, so that neither transport's code changes for it."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
 
 from yarl import URL
 
+from broker.observability.exchange import MAX_LOGGED_PATH
 from broker.observability.tracing import CLIENT, Tracing
 from broker.upstream.transport import UpstreamResponse, UpstreamTransport
-
-MAX_TRACED_PATH: Final = 256  # as much of a path as request_finished logs
 
 
 class TracedTransport:
@@ -34,7 +32,7 @@ class TracedTransport:
             span.set("server.address", url.host or "")
             if url.port is not None:
                 span.set("server.port", url.port)
-            span.set("url.path", url.raw_path[:MAX_TRACED_PATH])  # never the query
+            span.set("url.path", url.raw_path[:MAX_LOGGED_PATH])  # never the query
             span.set("upstream.transport", self._name)
             span.set("broker.upstream.kind", "proxy")
             sent = dict(headers)

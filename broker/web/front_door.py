@@ -43,7 +43,7 @@ from broker.headers import (
     RETRY_AFTER,
     WWW_AUTHENTICATE,
 )
-from broker.observability.exchange import UNMATCHED, Exchange
+from broker.observability.exchange import MAX_LOGGED_PATH, UNMATCHED, Exchange
 from broker.observability.logs import get_logger, request_id_var
 from broker.observability.tracing import Span, Tracing
 from broker.proxy.finishing import finish_headers
@@ -63,7 +63,6 @@ _UNTHROTTLED_ROUTES: Final = frozenset(
 _ORIGIN_LOGGED: Final = 200  # characters of a refused Origin worth a log line
 _perf_counter: Final = time.perf_counter
 _KNOWN_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_TRACED_PATH: Final = 256  # as much of a path as request_finished logs
 
 
 # The catch-all route's path; its requests are labelled "unmatched" in logs and metrics.
@@ -166,7 +165,7 @@ def _traced(tracing: Tracing, front: Handler, route: str) -> Handler:
         with tracing.server_span(f"{method} {route}", request.headers) as span:
             span.set("http.request.method", method)
             span.set("http.route", route)
-            span.set("url.path", request.raw_path.partition("?")[0][:_TRACED_PATH])
+            span.set("url.path", request.raw_path.partition("?")[0][:MAX_LOGGED_PATH])
             status = 500
             try:
                 response = await front(request)

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.credentials import fingerprint
+from broker.observability import logs
+from broker.observability.exchange import Exchange, FinishedRequest
 from broker.observability.logs import (
     LineSink,
     configure_logging,
     flush_logs,
     get_logger,
-    log_fields,
-    request_id_var,
+    log_request,
     reset_logging,
 )
 from tests.conftest import BrokerClient, LogCapture, new_session
@@ -125,48 +130,121 @@ def test_lines_without_a_credential_are_written_as_given(written: io.StringIO) -
         assert line["level"] == "info"
 
 
+def _exchange(**values: object) -> Exchange:
+    exchange = Exchange(request_id="req-exchange", route="/checkout/invoice")
+    for name, value in values.items():
+        setattr(exchange, name, value)
+    return exchange
+
+
+def _finished(
+    exchange: Exchange | None, path: str = "/checkout/invoice?cursor=c1"
+) -> FinishedRequest:
+    request_id = exchange.request_id if exchange is not None else "req-ctx"
+    return FinishedRequest("GET", path, 200, 0.0123456, 1234, exchange, request_id)
+
+
+def _both_lines(written: io.StringIO, finished: FinishedRequest) -> tuple[str, str]:
+    """The line log_request writes for *finished*, and structlog's for its fields."""
+    log_request(finished)
+    flush_logs()
+    get_logger("broker.access").info("request_finished", **finished.fields())
+    # Lines end in "\n" only (splitlines would also split a path at U+2028 and the like).
+    shortcut, reference = written.getvalue().removesuffix("\n").split("\n")
+    written.seek(0)
+    written.truncate()
+    return shortcut, reference
+
+
 @pytest.mark.parametrize("fmt", ["json", "console"])
 def test_the_request_line_is_the_line_structlog_writes(written: io.StringIO, fmt: str) -> None:
-    """log_fields takes a shorter path than get_logger().info(): the same line comes out,
-    field order, request id from the context and redaction included (its caller leaves
-    out what structlog drops: the fields without a value)."""
+    """log_request takes a shorter path than get_logger().info(): the same line comes
+    out, field order and redaction included."""
     configure_logging(fmt=fmt, level="info", stream=written, cache=False)
-    fields = {
-        "method": "GET",
-        "path": f"/checkout/{JWT}",
-        "status": 200,
-        "upstream_error_code": None,
-        "client_secret": "s3cr3t-value",
-    }
-    token = request_id_var.set("req-ctx")
+    refused = _exchange(
+        customer_id="cus_alice",
+        error_code="unauthorized",
+        reason=f"bad token {JWT}",
+        auth="session",
+    )
+    for exchange in (refused, None):
+        shortcut, reference = _both_lines(written, _finished(exchange, f"/checkout/{JWT}"))
+        assert JWT not in shortcut
+        if fmt == "json":
+            short, ref = json.loads(shortcut), json.loads(reference)
+            assert short.pop("timestamp")
+            assert ref.pop("timestamp")
+            assert list(short.items()) == list(ref.items())
+            assert short["path"] == f"/checkout/<jwt:{fingerprint(JWT)}>"
+        else:
+            # The console line starts with its timestamp; the rest must match.
+            assert shortcut.split(" ", 1)[1] == reference.split(" ", 1)[1]
+
+
+_OPTIONAL = {
+    "customer_id": st.sampled_from(["cus_alice", "cus_1"]),
+    "invoice_id": st.just("inv_alice_1"),
+    "upstream_status": st.sampled_from([200, 503]),
+    "upstream_ms": st.floats(0, 1e4),
+    "upstream_error_code": st.just("upstream_down"),
+    "token_outcome": st.sampled_from(["hit", "minted"]),
+    "error_code": st.just("not_found"),
+    "reason": st.text(max_size=40),
+    "auth": st.just("api_key"),
+    "caller": st.just("cus_bob"),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.fixed_dictionaries({}, optional=_OPTIONAL),
+    path=st.text(max_size=300),
+    routed=st.booleans(),
+)
+def test_every_request_line_is_the_line_structlog_writes(
+    values: dict[str, object], path: str, routed: bool
+) -> None:
+    written = io.StringIO()
+    configure_logging(fmt="json", level="info", stream=written, cache=False)
     try:
-        with_a_value = {name: value for name, value in fields.items() if value is not None}
-        log_fields("broker.access", "request_finished", with_a_value)
-        get_logger("broker.access").info("request_finished", **fields)
+        finished = _finished(_exchange(**values) if routed else None, path)
+        shortcut, reference = _both_lines(written, finished)
     finally:
-        request_id_var.reset(token)
-    shortcut, reference = written.getvalue().splitlines()
-    if fmt == "json":
-        short, ref = json.loads(shortcut), json.loads(reference)
-        assert short.pop("timestamp")
-        assert ref.pop("timestamp")
-        assert list(short.items()) == list(ref.items())
-        assert short["request_id"] == "req-ctx"
-        assert short["client_secret"] == "<redacted>"
-        assert JWT not in shortcut
-    else:
-        # The console line starts with its timestamp; the rest must match.
-        assert shortcut.split(" ", 1)[1] == reference.split(" ", 1)[1]
-        assert "s3cr3t" not in shortcut
-        assert JWT not in shortcut
+        reset_logging()
+    short, ref = json.loads(shortcut), json.loads(reference)
+    assert short.pop("timestamp")
+    assert ref.pop("timestamp")
+    assert list(short.items()) == list(ref.items())
+    assert None not in short.values()
 
 
 def test_the_request_line_falls_back_to_structlog_when_logging_is_not_configured(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     reset_logging()
-    log_fields("broker.access", "request_finished", {"status": 204})
+    log_request(_finished(None))
     assert "request_finished" in capsys.readouterr().out
+
+
+def test_the_request_line_keeps_the_moment_and_the_span_it_was_logged_in() -> None:
+    """Rendered after the loop's iteration, a line still says when it was logged and
+    in which span."""
+    written = io.StringIO()
+    configure_logging(fmt="json", level="info", stream=written, cache=False)
+    try:
+        logs.log_trace_ids(lambda: ("trace-1", "span-1"))
+        log_request(_finished(None))
+        logs.log_trace_ids(lambda: ("trace-2", "span-2"))
+        time.sleep(0.02)
+        before_flush = time.time()
+        flush_logs()
+    finally:
+        logs._trace_ids = None
+        reset_logging()
+    (line,) = _json_lines(written)
+    assert (line["trace_id"], line["span_id"]) == ("trace-1", "span-1")
+    logged_at = datetime.datetime.fromisoformat(str(line["timestamp"])).timestamp()
+    assert logged_at < before_flush - 0.015
 
 
 class CountedWrites(io.StringIO):
@@ -188,7 +266,8 @@ class CountedWrites(io.StringIO):
 
 
 def _request_line(number: int) -> None:
-    log_fields("broker.access", "request_finished", {"status": 200, "n": number})
+    # The line's bytes_sent tells the lines apart.
+    log_request(FinishedRequest("GET", "/healthz", 200, 0.001, number, None, None))
 
 
 async def test_request_lines_of_one_loop_iteration_are_written_together() -> None:
@@ -200,7 +279,7 @@ async def test_request_lines_of_one_loop_iteration_are_written_together() -> Non
         assert stream.getvalue() == ""  # until the iteration is done
         await asyncio.sleep(0)
         assert len(stream.chunks) == 1
-        assert [line["n"] for line in _json_lines(stream)] == [0, 1, 2]
+        assert [line["bytes_sent"] for line in _json_lines(stream)] == [0, 1, 2]
     finally:
         reset_logging()
 
@@ -214,7 +293,7 @@ async def test_a_line_logged_directly_comes_after_the_request_lines_before_it() 
         logging.getLogger("aiohttp.server").error("stdlib_line")
         _request_line(1)
         await asyncio.sleep(0)
-        events = [(line["event"], line.get("n")) for line in _json_lines(stream)]
+        events = [(line["event"], line.get("bytes_sent")) for line in _json_lines(stream)]
         assert events == [
             ("request_finished", 0),
             ("in_between", None),
@@ -227,7 +306,7 @@ async def test_a_line_logged_directly_comes_after_the_request_lines_before_it() 
 
 def test_request_lines_go_out_in_whole_lines_of_at_most_pipe_buf_bytes() -> None:
     stream = CountedWrites()
-    sink = LineSink(stream, lambda fields: str(fields["text"]))
+    sink: LineSink[dict[str, str]] = LineSink(stream, lambda fields: fields["text"])
     lines = [f"{n:04d}" + "é" * 300 for n in range(40)]  # 605 bytes each in UTF-8
     for text in lines:
         sink._deferred.append({"text": text})
@@ -241,7 +320,7 @@ def test_request_lines_go_out_in_whole_lines_of_at_most_pipe_buf_bytes() -> None
 def test_without_a_running_loop_a_request_line_is_written_at_once(written: io.StringIO) -> None:
     configure_logging(fmt="json", level="info", stream=written, cache=False)
     _request_line(7)
-    assert _json_lines(written)[0]["n"] == 7
+    assert _json_lines(written)[0]["bytes_sent"] == 7
 
 
 async def test_lines_waiting_for_the_loop_are_written_by_flush_logs_and_by_other_threads(
@@ -250,7 +329,7 @@ async def test_lines_waiting_for_the_loop_are_written_by_flush_logs_and_by_other
     configure_logging(fmt="json", level="info", stream=written, cache=False)
     _request_line(1)
     flush_logs()
-    assert [line["n"] for line in _json_lines(written)] == [1]
+    assert [line["bytes_sent"] for line in _json_lines(written)] == [1]
     _request_line(2)
     thread = threading.Thread(target=get_logger("broker.test").warning, args=("from_a_thread",))
     thread.start()
