@@ -13,17 +13,23 @@ code can go below while it keeps aiohttp's server:
 - ``--mode lean`` ("floor: aiohttp server + lean client"): the same forwarding through
   the broker's own lean transport (``broker.upstream.lean``), nothing else;
 - ``--mode answer`` ("floor: aiohttp server alone"): the invoice JSON answered at once,
-  no upstream call at all.
+  no upstream call at all;
+- ``--mode own`` ("floor: own server + lean client"): the lean forwarding behind a bare
+  ``asyncio.Protocol`` server on httptools (llhttp) instead of aiohttp's: what a server of
+  the broker's own for the proxy routes could reach at best. Keep-alive GET/POST, a
+  Content-Length body, nothing else (no limits, no checks, no chunked bodies).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import httptools
 from aiohttp import web
 from yarl import URL
 
@@ -68,6 +74,78 @@ async def answer(_request: web.Request) -> web.Response:
     return web.Response(body=INVOICE, content_type="application/json")
 
 
+class OwnServer(asyncio.Protocol):
+    """One connection of the own-server floor: parse with llhttp, forward each request
+    with the lean transport, answer it, in order (wrk sends one request at a time)."""
+
+    def __init__(self, lean: LeanTransport, upstream: str) -> None:
+        self._lean = lean
+        self._upstream = upstream
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._accept = "*/*"
+        self._body: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment] # uvloop's is no asyncio.Transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._transport is not None:
+                self._transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"accept":
+            self._accept = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        method = self._parser.get_method().decode("ascii")
+        url = URL(self._upstream + self._url.decode("latin-1"), encoded=True)
+        body = b"".join(self._body) if self._body else None
+        headers = {"Authorization": FIXED_BEARER, "Accept": self._accept}
+        self._url, self._accept, self._body = b"", "*/*", []
+        asyncio.get_running_loop().create_task(self._forward(method, url, headers, body))
+
+    async def _forward(
+        self, method: str, url: URL, headers: dict[str, str], body: bytes | None
+    ) -> None:
+        upstream = await self._lean.send(method, url, headers, body)
+        try:
+            payload = await upstream.read_exactly(upstream.content_length or 0)
+            content_type = upstream.headers.get("Content-Type", "application/octet-stream")
+            status = upstream.status
+        finally:
+            upstream.release()
+        if self._transport is not None and not self._transport.is_closing():
+            head = (
+                f"HTTP/1.1 {status} OK\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n"
+            )
+            self._transport.write(head.encode("latin-1") + payload)
+
+
+async def serve_own(upstream: str, port: int) -> None:
+    settings = UpstreamSettings(base_url=URL(upstream), client_id="bench", client_secret="bench")
+    lean = LeanTransport(settings)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: OwnServer(lean, upstream), "127.0.0.1", port)
+    try:
+        await asyncio.Event().wait()  # until SIGTERM ends the process
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await lean.close()
+
+
 async def client_session(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession() as session:
         app[session_key] = session
@@ -97,8 +175,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
-    parser.add_argument("--mode", choices=("forward", "lean", "answer"), default="forward")
+    parser.add_argument("--mode", choices=("forward", "lean", "answer", "own"), default="forward")
     args = parser.parse_args()
+    if args.mode == "own":
+        run_loop(serve_own(args.upstream.rstrip("/"), args.port))
+        return
     app = web.Application()
     app[upstream_key] = args.upstream.rstrip("/")
     if args.mode == "forward":

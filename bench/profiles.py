@@ -31,13 +31,14 @@ ROW_LABELS = {
     "image2": "broker, the image's build, default config, 2 workers",
     "floor_lean": "floor: aiohttp server + lean client",
     "floor_server": "floor: aiohttp server alone",
+    "floor_own": "floor: own server (httptools) + lean client",
 }
 # The default configuration (BrokerOptions.log_level None): what a user's config file
 # that only names the upstream, the credentials and the keys runs.
 DEFAULT_CONFIG: Final = None
 # Measured at the first connection count of the fast profile only: what the broker
 # could reach at best while it keeps aiohttp's server (see bench/bare_proxy.py).
-FLOOR_MODES = {"floor_lean": "lean", "floor_server": "answer"}
+FLOOR_MODES = {"floor_lean": "lean", "floor_server": "answer", "floor_own": "own"}
 
 
 @dataclass(frozen=True)
