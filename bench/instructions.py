@@ -14,8 +14,9 @@ default configuration's, adds one ``request_finished`` line per request; the tra
 ``BROKER_UPSTREAM_TRANSPORT`` names, else the default) runs under callgrind behind the
 fast nginx upstream; wrk drives 1000 sessions over 16 connections for 30 s, and on
 until a run mints nothing (see ``warm``), then counting starts, and it stops after the
-measured run: instructions / requests. ``--floor`` counts the lean floor (aiohttp's
-server and the lean client, nothing else; see bare_proxy.py) the same way. A run takes
+measured run: instructions / requests. ``--floor`` counts the two floors (the lean
+client behind aiohttp's server, and behind a bare protocol of our own, nothing else;
+see bare_proxy.py) the same way. A run takes
 ~2 minutes (more on a busy machine); valgrind is a Debian package.
 """
 
@@ -39,6 +40,11 @@ CONNECTIONS = 16  # enough to keep a broker slowed ~50x by callgrind busy
 SESSIONS = 1000
 WARM_RUNS, WARM_SECONDS = 3, 10.0
 MORE_WARM_RUNS = 10
+# The lean client behind aiohttp's server, and behind a bare protocol of our own.
+FLOORS = (
+    ("lean", "floor: aiohttp server + lean client"),
+    ("own", "floor: own server + lean client"),
+)
 _TOTALS = re.compile(r"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
 
 
@@ -70,12 +76,13 @@ def main() -> None:
         warm(broker, tokens, sandbox, args.seconds)
         report(f"broker, log level {args.log_level}", broker, tokens, control, out, args.seconds)
         procs.stop(broker.proc)
-        if args.floor:
-            out = workdir / "callgrind-floor.out"
+        for mode, label in FLOORS if args.floor else ():
+            out = workdir / f"callgrind-floor-{mode}.out"
             wrapper = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"]
-            floor = launcher.bare_proxy("floor", upstream, "lean", wrapper)
+            floor = launcher.bare_proxy(f"floor-{mode}", upstream, mode, wrapper)
             warm(floor, tokens, sandbox, args.seconds)
-            report("floor: aiohttp server + lean client", floor, tokens, control, out, args.seconds)
+            report(label, floor, tokens, control, out, args.seconds)
+            procs.stop(floor.proc)
 
 
 def warm(server: Server, tokens: Path, sandbox: Server, seconds: float) -> None:
