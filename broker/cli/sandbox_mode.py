@@ -131,7 +131,7 @@ async def _run(
             # the banner shows must not meet a refused preflight.
             demo_url = await companion.start(settings, sandbox_url=sandbox_url)
         for sock in sockets:
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, backlog=listen.BACKLOG).start()
         log.info("sandbox_started", url=sandbox_url)
         settings = with_cors_origins(settings, [*([demo_url] if demo_url else []), *cors_origins])
 
@@ -164,7 +164,7 @@ async def _sandbox_only(settings: SandboxSettings, host: str, sockets: list[sock
     await runner.setup()
     try:
         for sock in sockets:
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, backlog=listen.BACKLOG).start()
         url = listen.url(host, sockets)
         log.info("sandbox_started", url=url)
         print(

@@ -14,10 +14,15 @@ import errno
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from yarl import URL
 
+# Connections the kernel queues for a listener until the server accepts them (the kernel
+# caps it at net.core.somaxconn). aiohttp's default, 128, drops the SYNs of a burst (a
+# load balancer opening its pool, every client reconnecting after a deploy) that arrives
+# while the event loop is busy, and each dropped SYN costs its client a retry after 1 s.
+BACKLOG: Final = 1024
 # Why an address cannot be listened on, as an operator would say it.
 _REASONS = {
     errno.EADDRINUSE: "address already in use (another process listens there)",

@@ -143,7 +143,7 @@ async def _start(
         for runner, (name, sockets) in zip(runners, listeners.items(), strict=True):
             await runner.setup()
             for sock in sockets:
-                await web.SockSite(runner, sock).start()
+                await web.SockSite(runner, sock, backlog=listen.BACKLOG).start()
             urls.append(listen.url(hosts[name], sockets))
     except BaseException:
         for runner in reversed(runners):

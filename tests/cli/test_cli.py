@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import selectors
 import signal
+import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,3 +136,64 @@ async def test_sigterm_drains_a_slow_in_flight_request_then_exits_zero(
         json.loads(line)["event"] for line in output.decode().splitlines() if line.startswith("{")
     ]
     assert events.index("broker_draining") < events.index("broker_stopped")
+
+
+def _connected_within(sockets: list[socket.socket], seconds: float) -> int:
+    """How many of *sockets* (non-blocking, connecting) complete their handshake."""
+    with selectors.DefaultSelector() as selector:
+        for sock in sockets:
+            selector.register(sock, selectors.EVENT_WRITE)
+        connected = 0
+        deadline = time.monotonic() + seconds
+        while connected < len(sockets) and (left := deadline - time.monotonic()) > 0:
+            for key, _ in selector.select(timeout=left):
+                selector.unregister(key.fileobj)
+                assert isinstance(key.fileobj, socket.socket)
+                error = key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                connected += error == 0
+    return connected
+
+
+async def test_a_burst_of_connections_while_the_loop_is_busy_waits_in_the_kernel(
+    tmp_path: Path,
+    make_sandbox: MakeSandbox,
+    unused_tcp_port_factory: Callable[[], int],
+    processes: list[asyncio.subprocess.Process],
+) -> None:
+    """The listen backlog: a burst that arrives while the broker accepts nothing (here:
+    stopped) is queued whole and served once it runs, no SYN dropped (128, aiohttp's
+    default backlog, would complete 129 of these and leave the rest to retry)."""
+    sandbox = await make_sandbox(client_secret="canary-cli-secret")
+    port = unused_tcp_port_factory()
+    config = write_config(tmp_path, str(sandbox.url), port)
+    process, _ = await start_broker(processes, port, *BROKER, "serve", "--config", str(config))
+    burst = 400
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(burst)]
+    try:
+        process.send_signal(signal.SIGSTOP)
+        try:
+            for sock in sockets:
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))
+            assert _connected_within(sockets, 1.5) == burst
+        finally:
+            process.send_signal(signal.SIGCONT)
+        # Once the broker runs again, every queued connection is served (its log read
+        # meanwhile: a full pipe would stop it).
+        assert process.stdout is not None
+        log = asyncio.ensure_future(process.stdout.read())
+        answers = await asyncio.to_thread(_healthz_on_each, sockets)
+        assert answers.count(b"HTTP/1.1 200 ") == burst, set(answers)
+        log.cancel()
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _healthz_on_each(sockets: list[socket.socket]) -> list[bytes]:
+    request = b"GET /healthz HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n"
+    for sock in sockets:
+        sock.setblocking(True)
+        sock.settimeout(10)
+        sock.sendall(request)
+    return [sock.recv(64)[:13] for sock in sockets]
