@@ -12,12 +12,12 @@ a win here that run.py may not confirm).
 The broker (log level warning unless ``--log-level`` says otherwise: ``info``, the
 default configuration's, adds one ``request_finished`` line per request; the transport
 ``BROKER_UPSTREAM_TRANSPORT`` names, else the default) runs under callgrind behind the
-fast nginx upstream; wrk drives 1000 sessions over 16 connections for 30 s, and on
-until a run mints nothing (see ``warm``), then counting starts, and it stops after the
-measured run: instructions / requests. ``--floor`` counts the two floors (the lean
-client behind aiohttp's server, and behind a bare protocol of our own, nothing else;
-see bare_proxy.py) the same way. A run takes
-~2 minutes (more on a busy machine); valgrind is a Debian package.
+fast nginx upstream; wrk drives 1000 sessions over 16 connections (``--connections``)
+for 30 s, and on until a run mints nothing (see ``warm``), then counting starts, and it
+stops after the measured run: instructions / requests. ``--floor`` counts the two floors
+(the lean client behind aiohttp's server, and behind a bare protocol of our own, nothing
+else; see bare_proxy.py) the same way. A run takes ~2 minutes (more on a busy machine);
+valgrind is a Debian package.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from profiles import LONG_TOKEN_TTL
 from run import ensure_interpreter
 from servers import BrokerOptions, Launcher, Server, issue_sessions, sandbox_stats
 
-CONNECTIONS = 16  # enough to keep a broker slowed ~50x by callgrind busy
+CONNECTIONS = 16  # the default: enough to keep a broker slowed ~50x by callgrind busy
 SESSIONS = 1000
 WARM_RUNS, WARM_SECONDS = 3, 10.0
 MORE_WARM_RUNS = 10
@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument(
         "--log-level", default="warning", help="logging.level (info: a line per request)"
     )
+    parser.add_argument(
+        "--connections", type=int, default=CONNECTIONS, help="wrk's connections (default 16)"
+    )
     args = parser.parse_args()
     valgrind = shutil.which("valgrind")
     control = shutil.which("callgrind_control")
@@ -73,29 +76,30 @@ def main() -> None:
         wrapper = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"]
         options = BrokerOptions(log_level=args.log_level)
         broker = launcher.broker("broker", upstream, options, wrapper)
-        warm(broker, tokens, sandbox, args.seconds)
-        report(f"broker, log level {args.log_level}", broker, tokens, control, out, args.seconds)
+        warm(broker, tokens, sandbox, args.seconds, args.connections)
+        label = f"broker, log level {args.log_level}"
+        report(label, broker, tokens, control, out, args.seconds, args.connections)
         procs.stop(broker.proc)
         for mode, label in FLOORS if args.floor else ():
             out = workdir / f"callgrind-floor-{mode}.out"
             wrapper = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"]
             floor = launcher.bare_proxy(f"floor-{mode}", upstream, mode, wrapper)
-            warm(floor, tokens, sandbox, args.seconds)
-            report(label, floor, tokens, control, out, args.seconds)
+            warm(floor, tokens, sandbox, args.seconds, args.connections)
+            report(label, floor, tokens, control, out, args.seconds, args.connections)
             procs.stop(floor.proc)
 
 
-def warm(server: Server, tokens: Path, sandbox: Server, seconds: float) -> None:
+def warm(server: Server, tokens: Path, sandbox: Server, seconds: float, connections: int) -> None:
     """A few runs, then more until one as long as the measured run mints nothing.
 
     Each wrk run starts at the first session, so the measured run uses the keys a run
     of its length reaches: at callgrind's pace on a busy machine (~40 req/s rather than
     ~300) that is where warm-up must have minted, or mints are counted as requests."""
     for _ in range(WARM_RUNS):
-        run_wrk(server.base_url, tokens, Load(CONNECTIONS, WARM_SECONDS, ALL_CPUS))
+        run_wrk(server.base_url, tokens, Load(connections, WARM_SECONDS, ALL_CPUS))
     before = sandbox_stats(sandbox)["tokens_issued"]
     for _ in range(MORE_WARM_RUNS):
-        run_wrk(server.base_url, tokens, Load(CONNECTIONS, seconds * 1.5, ALL_CPUS))
+        run_wrk(server.base_url, tokens, Load(connections, seconds * 1.5, ALL_CPUS))
         after = sandbox_stats(sandbox)["tokens_issued"]
         if after == before:
             return
@@ -104,12 +108,18 @@ def warm(server: Server, tokens: Path, sandbox: Server, seconds: float) -> None:
 
 
 def report(
-    label: str, server: Server, tokens: Path, control: str, out: Path, seconds: float
+    label: str,
+    server: Server,
+    tokens: Path,
+    control: str,
+    out: Path,
+    seconds: float,
+    connections: int,
 ) -> None:
     """Count from zero over one measured wrk run, then print instructions per request."""
     pid = str(server.proc.popen.pid)  # valgrind runs the program in its own process
     subprocess.run([control, "-z", pid], capture_output=True, check=True, timeout=60)
-    result = run_wrk(server.base_url, tokens, Load(CONNECTIONS, seconds, ALL_CPUS))
+    result = run_wrk(server.base_url, tokens, Load(connections, seconds, ALL_CPUS))
     subprocess.run([control, "-d", pid], capture_output=True, check=True, timeout=60)
     if result.non_2xx or result.socket_errors or not result.requests:
         raise BenchError(f"{label}: {result.non_2xx} non-2xx, {result.socket_errors} errors")
