@@ -107,7 +107,7 @@ class FinishedRequest:
             "method": self.method,
             "path": self.raw_path.partition("?")[0][:MAX_LOGGED_PATH],
             "status": self.status,
-            "duration_ms": round(self.seconds * 1000, 3),
+            "duration_ms": to_microseconds(self.seconds * 1000),
             "bytes_sent": self.bytes_sent,
         }
         if self.request_id is not None:
@@ -124,7 +124,7 @@ class FinishedRequest:
         if exchange.upstream_status is not None:
             fields["upstream_status"] = exchange.upstream_status
         if exchange.upstream_ms is not None:
-            fields["upstream_ms"] = round(exchange.upstream_ms, 3)
+            fields["upstream_ms"] = to_microseconds(exchange.upstream_ms)
         if exchange.upstream_error_code is not None:
             fields["upstream_error_code"] = exchange.upstream_error_code
         if exchange.token_outcome is not None:
@@ -138,3 +138,12 @@ class FinishedRequest:
             if exchange.caller is not None:
                 fields["caller"] = exchange.caller
         return fields
+
+
+def to_microseconds(milliseconds: float) -> float:
+    """*milliseconds* rounded to the microsecond (three decimals). round() to an integer
+    is a fast path; round(x, 3) formats and parses a decimal string, ~4x the cost."""
+    try:
+        return round(milliseconds * 1000) / 1000
+    except (OverflowError, ValueError):  # infinite or NaN: nothing to round
+        return milliseconds

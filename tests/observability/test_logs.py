@@ -7,6 +7,7 @@ import datetime
 import io
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from broker.credentials import fingerprint
 from broker.observability import logs
-from broker.observability.exchange import Exchange, FinishedRequest
+from broker.observability.exchange import Exchange, FinishedRequest, to_microseconds
 from broker.observability.logs import (
     LineSink,
     configure_logging,
@@ -338,3 +339,16 @@ async def test_lines_waiting_for_the_loop_are_written_by_flush_logs_and_by_other
         "request_finished",
         "from_a_thread",
     ]
+
+
+@given(st.floats(min_value=0, max_value=1e9))
+def test_durations_are_logged_to_the_microsecond(milliseconds: float) -> None:
+    logged = to_microseconds(milliseconds)
+    assert abs(logged - milliseconds) <= 0.0005 + 1e-9 * milliseconds
+    # As a JSON number the line writes it: three decimals at most.
+    assert len(json.dumps(logged).partition(".")[2].rstrip("0")) <= 3
+
+
+def test_a_duration_that_is_not_finite_is_logged_as_it_is() -> None:
+    assert to_microseconds(math.inf) == math.inf
+    assert math.isnan(to_microseconds(math.nan))
