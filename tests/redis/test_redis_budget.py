@@ -19,21 +19,26 @@ async def test_three_replicas_together_never_exceed_the_rate_in_any_window(
     rate = 10
     replicas = [await make_backend(rate=rate) for _ in range(3)]
     loop = asyncio.get_running_loop()
-    times: list[float] = []
+    # Each call's slot is Redis time: at least its wait after the call was sent, at most
+    # when acquire returned (the reply, then the sleep, which may wake late on a busy
+    # machine). Only what those bounds prove is judged, so that lateness is not taken
+    # for a breach.
+    slots: list[tuple[float, float]] = []
 
     async def call(index: int) -> None:
-        await replicas[index % 3].budget.acquire(max_wait=10.0)
-        times.append(loop.time())
+        sent = loop.time()
+        wait = await replicas[index % 3].budget.acquire(max_wait=10.0)
+        slots.append((sent + wait, loop.time()))
 
     await asyncio.gather(*(call(i) for i in range(36)))
-    times.sort()
-    assert len(times) == 36
-    for i, start in enumerate(times):
-        # A little under the window: the loop wakes a sleeper slightly late, never early.
-        in_window = [t for t in times[i:] if t - start < WINDOW - 0.02]
-        assert len(in_window) <= rate, f"{len(in_window)} calls in a window from {i}"
+    assert len(slots) == 36
+    for earliest, _ in slots:
+        # The rate + 1 calls whose slots could all lie in a window starting at earliest.
+        latest = sorted(last for first, last in slots if first >= earliest)[: rate + 1]
+        surely_in_window = len(latest) > rate and latest[-1] - earliest < WINDOW
+        assert not surely_in_window, f"{rate + 1} calls within {latest[-1] - earliest:.3f} s"
     # And the budget was not starved either: 36 calls at 10 per window take ~3 windows.
-    assert times[-1] - times[0] < 4 * WINDOW
+    assert max(last for _, last in slots) - min(first for first, _ in slots) < 4 * WINDOW
 
 
 async def test_a_call_that_would_wait_past_max_wait_is_refused_everywhere(
