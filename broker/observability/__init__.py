@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from broker.observability.exchange import ACCESS_LOGGER, MAX_LOGGED_PATH, FinishedRequest
+from broker.observability.exchange import ACCESS_LOGGER, FinishedRequest, logged_path
 from broker.observability.logs import (
     configure_logging,
     flush_logs,
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ACCESS_LOGGER",
     "CLIENT",
-    "MAX_LOGGED_PATH",
     "TIER_CHECKOUT",
     "TIER_PARTNER",
     "UNMATCHED",
@@ -44,6 +43,7 @@ __all__ = [
     "flush_logs",
     "get_logger",
     "log_request",
+    "logged_path",
     "maybe_inject",
     "maybe_span",
     "open_tracing",

@@ -101,11 +101,10 @@ class FinishedRequest:
         self.request_id = request_id
 
     def fields(self) -> dict[str, object]:
-        """The line's own fields, in their order, those without a value left out. The
-        query string is never logged: it may carry cursors or, by mistake, credentials."""
+        """The line's own fields, in their order, those without a value left out."""
         fields: dict[str, object] = {
             "method": self.method,
-            "path": self.raw_path.partition("?")[0][:MAX_LOGGED_PATH],
+            "path": logged_path(self.raw_path),
             "status": self.status,
             "duration_ms": to_microseconds(self.seconds * 1000),
             "bytes_sent": self.bytes_sent,
@@ -138,6 +137,12 @@ class FinishedRequest:
             if exchange.caller is not None:
                 fields["caller"] = exchange.caller
         return fields
+
+
+def logged_path(raw_path: str) -> str:
+    """As much of a request's path as logs and spans keep. Never the query string: it
+    may carry cursors or, by mistake, credentials."""
+    return raw_path.partition("?")[0][:MAX_LOGGED_PATH]
 
 
 def to_microseconds(milliseconds: float) -> float:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from yarl import URL
 
-from broker.observability.exchange import MAX_LOGGED_PATH
+from broker.observability.exchange import logged_path
 from broker.observability.tracing import CLIENT, Tracing
 from broker.upstream.transport import UpstreamResponse, UpstreamTransport
 
@@ -32,7 +32,7 @@ class TracedTransport:
             span.set("server.address", url.host or "")
             if url.port is not None:
                 span.set("server.port", url.port)
-            span.set("url.path", url.raw_path[:MAX_LOGGED_PATH])  # never the query
+            span.set("url.path", logged_path(url.raw_path))
             span.set("upstream.transport", self._name)
             span.set("broker.upstream.kind", "proxy")
             sent = dict(headers)

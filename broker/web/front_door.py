@@ -43,7 +43,7 @@ from broker.headers import (
     RETRY_AFTER,
     WWW_AUTHENTICATE,
 )
-from broker.observability.exchange import MAX_LOGGED_PATH, UNMATCHED, Exchange
+from broker.observability.exchange import UNMATCHED, Exchange, logged_path
 from broker.observability.logs import get_logger, request_id_var
 from broker.observability.tracing import Span, Tracing
 from broker.proxy.finishing import finish_headers
@@ -165,7 +165,7 @@ def _traced(tracing: Tracing, front: Handler, route: str) -> Handler:
         with tracing.server_span(f"{method} {route}", request.headers) as span:
             span.set("http.request.method", method)
             span.set("http.route", route)
-            span.set("url.path", request.raw_path.partition("?")[0][:MAX_LOGGED_PATH])
+            span.set("url.path", logged_path(request.raw_path))
             status = 500
             try:
                 response = await front(request)
