@@ -1,6 +1,6 @@
 """User-space instructions per proxied request, counted by valgrind's callgrind.
 
-    python3 bench/instructions.py [--seconds 15] [--floor] [--log-level info]
+    python3 bench/instructions.py [--seconds 15] [--floor] [--log-level info] [--python PY]
 
 Timings on this virtual machine swing by up to 2x within minutes; instruction counts
 do not (the same build counts within ~0.5 % from run to run, whatever else the machine
@@ -23,6 +23,7 @@ valgrind is a Debian package.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -59,7 +60,12 @@ def main() -> None:
     parser.add_argument(
         "--connections", type=int, default=CONNECTIONS, help="wrk's connections (default 16)"
     )
+    parser.add_argument(
+        "--python",
+        help="the broker's interpreter, for the floors too (e.g. run.py's image's build)",
+    )
     args = parser.parse_args()
+    python = os.path.abspath(args.python) if args.python else None  # servers start elsewhere
     valgrind = shutil.which("valgrind")
     control = shutil.which("callgrind_control")
     if valgrind is None or control is None:
@@ -74,16 +80,16 @@ def main() -> None:
         procs.stop(issuer.proc)
         out = workdir / "callgrind.out"
         wrapper = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"]
-        options = BrokerOptions(log_level=args.log_level)
+        options = BrokerOptions(log_level=args.log_level, python=python)
         broker = launcher.broker("broker", upstream, options, wrapper)
         warm(broker, tokens, sandbox, args.seconds, args.connections)
-        label = f"broker, log level {args.log_level}"
+        label = f"broker ({python or sys.executable}), log level {args.log_level}"
         report(label, broker, tokens, control, out, args.seconds, args.connections)
         procs.stop(broker.proc)
         for mode, label in FLOORS if args.floor else ():
             out = workdir / f"callgrind-floor-{mode}.out"
             wrapper = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"]
-            floor = launcher.bare_proxy(f"floor-{mode}", upstream, mode, wrapper)
+            floor = launcher.bare_proxy(f"floor-{mode}", upstream, mode, wrapper, python)
             warm(floor, tokens, sandbox, args.seconds, args.connections)
             report(label, floor, tokens, control, out, args.seconds, args.connections)
             procs.stop(floor.proc)

@@ -218,6 +218,7 @@ def _header(argv: list[str], settings: RunSettings, runtime: float) -> list[str]
         f"- token-broker {importlib.metadata.version('token-broker')}",
         f"- {os.cpu_count()} {TIMES} {cpu}; Python {platform.python_version()};"
         f" {_version(['nginx', '-v'])}; {_version(['wrk', '-v'])}",
+        f"- interpreters: {settings.builds.describe()}",
         f"- settings: {_describe(settings)}",
         f"- cells: median (min{DASH}max) over the repeats; ratios and Δ are taken per repeat"
         " against the same repeat's run (servers are measured interleaved)",

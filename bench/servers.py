@@ -121,13 +121,20 @@ class Launcher:
         return Server(name, port, proc)
 
     def bare_proxy(
-        self, name: str, upstream: Server, mode: str = "forward", wrapper: Sequence[str] = ()
+        self,
+        name: str,
+        upstream: Server,
+        mode: str = "forward",
+        wrapper: Sequence[str] = (),
+        python: str | None = None,
     ) -> Server:
-        """``mode``: "forward" (the bare aiohttp proxy), "lean" or "answer" (the floors);
-        *wrapper*: a command that runs the proxy (valgrind, for bench/instructions.py)."""
+        """``mode``: "forward" (the bare aiohttp proxy), "lean", "answer" or "own" (the
+        floors); *wrapper*: a command that runs the proxy (valgrind, for
+        bench/instructions.py); *python*: an interpreter with the broker installed (the
+        floors import its lean client), else this one."""
         port = free_port()
         script = str(BENCH_DIR / "bare_proxy.py")
-        argv = [self.python, script, "--port", str(port), "--upstream", upstream.base_url]
+        argv = [python or self.python, script, "--port", str(port), "--upstream", upstream.base_url]
         proc = self._start(name, [*wrapper, *argv, "--mode", mode])
         wait_until_ok(proc, port, "/checkout/invoice", timeout=120.0 if wrapper else 30.0)
         return Server(name, port, proc)
