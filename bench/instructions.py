@@ -64,6 +64,9 @@ def main() -> None:
         "--python",
         help="the broker's interpreter, for the floors too (e.g. run.py's image's build)",
     )
+    parser.add_argument(
+        "--keep", type=Path, help="copy the callgrind files here (for callgrind_annotate)"
+    )
     args = parser.parse_args()
     python = os.path.abspath(args.python) if args.python else None  # servers start elsewhere
     valgrind = shutil.which("valgrind")
@@ -85,6 +88,7 @@ def main() -> None:
         warm(broker, tokens, sandbox, args.seconds, args.connections)
         label = f"broker ({python or sys.executable}), log level {args.log_level}"
         report(label, broker, tokens, control, out, args.seconds, args.connections)
+        keep(out, args.keep)  # before the exit's own dump
         procs.stop(broker.proc)
         for mode, label in FLOORS if args.floor else ():
             out = workdir / f"callgrind-floor-{mode}.out"
@@ -92,7 +96,19 @@ def main() -> None:
             floor = launcher.bare_proxy(f"floor-{mode}", upstream, mode, wrapper, python)
             warm(floor, tokens, sandbox, args.seconds, args.connections)
             report(label, floor, tokens, control, out, args.seconds, args.connections)
+            keep(out, args.keep)
             procs.stop(floor.proc)
+
+
+def keep(out: Path, folder: Path | None) -> None:
+    """The last dump of *out* (the measured run's) into *folder*, if one is given."""
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    dumps = sorted(out.parent.glob(out.name + "*"), key=lambda p: p.stat().st_mtime)
+    if dumps:
+        shutil.copy(dumps[-1], folder / out.name)
+        print(f"  kept: {folder / out.name} (callgrind_annotate --inclusive=yes it)", flush=True)
 
 
 def warm(server: Server, tokens: Path, sandbox: Server, seconds: float, connections: int) -> None:
