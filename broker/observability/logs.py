@@ -459,7 +459,10 @@ class IsoTimestamp:
         if second != self._second:
             moment = datetime.datetime.fromtimestamp(second, tz=datetime.UTC)
             self._second, self._prefix = second, moment.strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        # Six digits by the digits of 1_000_000 + micros: a format spec (":06d") goes
+        # through the generic formatting machinery, ~8x the instructions of str(int).
+        micros = int((now - second) * 1_000_000)
+        return self._prefix + "." + str(1_000_000 + micros)[1:] + "Z"
 
 
 def _dumps(value: Any, **_kwargs: Any) -> str:

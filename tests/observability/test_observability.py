@@ -8,6 +8,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
@@ -306,6 +308,14 @@ def test_timestamps_are_utc_iso_with_microseconds() -> None:
     ]
     assert stamps[:2] == expected  # what structlog's TimeStamper(fmt="iso", utc=True) writes
     assert stamps[2] == "2026-11-18T11:06:41.000000Z"  # the next second; zero micros kept
+
+
+@settings(max_examples=300, deadline=None)
+@given(moment=st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_a_timestamp_is_its_second_and_its_microseconds_cut_not_rounded(moment: float) -> None:
+    stamp = IsoTimestamp(clock=lambda: moment)(None, "info", {})["timestamp"]
+    second = datetime.datetime.fromtimestamp(int(moment), tz=datetime.UTC)
+    assert stamp == f"{second:%Y-%m-%dT%H:%M:%S}.{int((moment - int(moment)) * 1e6):06d}Z"
 
 
 async def test_metrics_are_not_served_on_the_public_port_without_a_bearer_token(
