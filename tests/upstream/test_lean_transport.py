@@ -218,6 +218,35 @@ async def test_unsafe_request_fields_are_refused_before_any_byte_is_sent(
     assert upstream.connections == 0
 
 
+@pytest.mark.parametrize(
+    "method", ["", "G ET", "GET /x HTTP/1.1\r\nX-Injected: yes\r\n\r\nGET", "GET\r", "GÉT"]
+)
+async def test_a_method_that_is_no_token_is_refused(
+    make_upstream: MakeUpstream, method: str
+) -> None:
+    upstream, lean = await make_upstream(answer(OK))
+    with pytest.raises(ValueError, match="unsafe"):
+        await lean.send(method, url(lean), {}, None)
+    assert upstream.connections == 0
+
+
+@pytest.mark.parametrize("target", ["/a b", "/a\x00", "/a\x01", "/a\x7f", "/a?q=1 HTTP/1.1"])
+async def test_a_target_with_a_control_character_or_space_is_refused(
+    make_upstream: MakeUpstream, target: str
+) -> None:
+    upstream, lean = await make_upstream(answer(OK))
+    with pytest.raises(ValueError, match="unsafe"):
+        await lean.send("GET", url(lean, target), {}, None)
+    assert upstream.connections == 0
+
+
+async def test_an_extension_method_is_sent_as_it_is(make_upstream: MakeUpstream) -> None:
+    upstream, lean = await make_upstream(answer(OK))
+    response = await lean.send("PROPFIND", url(lean), {}, None)
+    response.release()
+    assert upstream.requests[0].line == "PROPFIND /base/x HTTP/1.1"
+
+
 @pytest.mark.parametrize("bad", ["\r", "\n", "\x00", "\r\n"])
 @pytest.mark.parametrize("position", ["first", "last"])
 async def test_each_field_ending_character_is_refused_in_any_value(
