@@ -15,6 +15,7 @@ from broker.upstream.partner_api import (
 from broker.upstream.traced import TracedTransport
 from broker.upstream.transport import (
     IDEMPOTENT_METHODS,
+    STANDARD_METHODS,
     STREAM_CHUNK,
     AiohttpTransport,
     TransportError,
@@ -26,6 +27,7 @@ from broker.upstream.transport import (
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "STANDARD_METHODS",
     "STREAM_CHUNK",
     "AiohttpTransport",
     "LeanTransport",

@@ -23,6 +23,7 @@ from broker.config.model import UpstreamSettings
 from broker.upstream.lean_connection import ClosedBeforeAnswer, UpstreamConnection
 from broker.upstream.transport import (
     IDEMPOTENT_METHODS,
+    STANDARD_METHODS,
     HolderSlots,
     Slots,
     UpstreamResponse,
@@ -38,8 +39,6 @@ IDLE_TIMEOUT = 30.0
 _OWN_FIELDS: Final = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_TARGET: Final = re.compile(r"[\x00-\x20\x7f]")
-# Tokens for sure: a set lookup, where matching _TOKEN is a regex call per request.
-_STANDARD_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _judge_field(name: str) -> bool:
@@ -173,7 +172,8 @@ class LeanTransport:
         if url.raw_host != self._host or url.port != self._port:
             raise ValueError(f"the lean transport only reaches {self._host_field}")
         target = url.raw_path_qs  # byte for byte as the caller sent it
-        method_safe = method in _STANDARD_METHODS or _TOKEN.fullmatch(method)
+        # A standard method is a token for sure: a set lookup, not a regex call a request.
+        method_safe = method in STANDARD_METHODS or _TOKEN.fullmatch(method)
         if not method_safe or _UNSAFE_TARGET.search(target):
             raise ValueError("request line with unsafe characters")
         parts = [f"{method} {target} HTTP/1.1\r\nHost: {self._host_field}\r\n"]

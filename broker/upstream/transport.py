@@ -23,6 +23,8 @@ from yarl import URL
 STREAM_CHUNK = 64 * 1024
 # RFC 9110 §9.2.2: safe to send again when a connection died before answering.
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+# The methods a browser's SDK sends (RFC 9110's, without CONNECT and TRACE).
+STANDARD_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Response head (status line and fields) at most this large on either transport.
 MAX_RESPONSE_HEAD: Final = 32 * 1024
 

@@ -48,6 +48,7 @@ from broker.observability.logs import get_logger, request_id_var
 from broker.observability.tracing import Span, Tracing
 from broker.proxy.finishing import finish_headers
 from broker.proxy.throttle import client_ip
+from broker.upstream.transport import STANDARD_METHODS
 from broker.web.keys import exchange_key, gateway_key
 
 log = get_logger("broker.requests")
@@ -62,7 +63,6 @@ _UNTHROTTLED_ROUTES: Final = frozenset(
 )
 _ORIGIN_LOGGED: Final = 200  # characters of a refused Origin worth a log line
 _perf_counter: Final = time.perf_counter
-_KNOWN_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
 # The catch-all route's path; its requests are labelled "unmatched" in logs and metrics.
@@ -127,7 +127,7 @@ def front_door(gateway: Gateway, *, public: bool) -> Door:
             exchange = Exchange(request_id=request_id_for(request), route=route)
             request[exchange_key] = exchange
             request_id_var.set(exchange.request_id)
-            method = request.method if request.method in _KNOWN_METHODS else "OTHER"
+            method = request.method if request.method in STANDARD_METHODS else "OTHER"
             started = _perf_counter()
             status = 500  # counted if the connection is reset mid-answer
             metrics.inflight.inc()
@@ -161,7 +161,7 @@ def _traced(tracing: Tracing, front: Handler, route: str) -> Handler:
     choice, made when the route is added)."""
 
     async def traced(request: web.Request) -> web.StreamResponse:
-        method = request.method if request.method in _KNOWN_METHODS else "_OTHER"
+        method = request.method if request.method in STANDARD_METHODS else "_OTHER"
         with tracing.server_span(f"{method} {route}", request.headers) as span:
             span.set("http.request.method", method)
             span.set("http.route", route)
