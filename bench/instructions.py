@@ -105,10 +105,16 @@ def keep(out: Path, folder: Path | None) -> None:
     if folder is None:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    dumps = sorted(out.parent.glob(out.name + "*"), key=lambda p: p.stat().st_mtime)
-    if dumps:
-        shutil.copy(dumps[-1], folder / out.name)
+    dump = last_dump(out)
+    if dump is not None:
+        shutil.copy(dump, folder / out.name)
         print(f"  kept: {folder / out.name} (callgrind_annotate --inclusive=yes it)", flush=True)
+
+
+def last_dump(out: Path) -> Path | None:
+    """callgrind's newest file for *out* (each ``callgrind_control -d`` writes a new one)."""
+    dumps = sorted(out.parent.glob(out.name + "*"), key=lambda p: p.stat().st_mtime)
+    return dumps[-1] if dumps else None
 
 
 def warm(server: Server, tokens: Path, sandbox: Server, seconds: float, connections: int) -> None:
@@ -145,8 +151,8 @@ def report(
     subprocess.run([control, "-d", pid], capture_output=True, check=True, timeout=60)
     if result.non_2xx or result.socket_errors or not result.requests:
         raise BenchError(f"{label}: {result.non_2xx} non-2xx, {result.socket_errors} errors")
-    dumps = sorted(out.parent.glob(out.name + "*"), key=lambda p: p.stat().st_mtime)
-    found = _TOTALS.search(dumps[-1].read_text()) if dumps else None
+    dump = last_dump(out)
+    found = _TOTALS.search(dump.read_text()) if dump is not None else None
     if found is None:
         raise BenchError(f"{label}: no callgrind totals in {out.parent}")
     print(
