@@ -95,7 +95,8 @@ def source_hash() -> str:
 def image_interpreter() -> str | None:
     """Debian 12's python3, the image's interpreter, if this is a Debian 12 machine that
     can build and install the compiled wheel with it (python3-venv, python3-dev)."""
-    if _os_release().get("ID") != "debian" or _os_release().get("VERSION_ID") != IMAGE_DEBIAN:
+    release = _os_release()
+    if release.get("ID") != "debian" or release.get("VERSION_ID") != IMAGE_DEBIAN:
         return None
     if not DEBIAN_PYTHON.exists():
         return None
