@@ -21,8 +21,9 @@ from broker.proxy.finishing import finish_headers
 from broker.web import admin, handlers
 from broker.web.access_log import AccessLogger
 from broker.web.front_door import GET_HEAD, FrontDoor, add_routes, add_unmatched, shaped_error
-from broker.web.keys import gateway_key, registry_key, reloader_key
+from broker.web.keys import gateway_key, proxy_routes_key, registry_key, reloader_key
 from broker.web.reloading import LoadSettings, Reloader
+from broker.web.routing import TAIL, ProxyRoutes
 
 SESSION_INIT_PATHS = ("/v1/checkout-auth/init", "/checkout-auth/init")
 
@@ -57,11 +58,13 @@ def create_app(
     for path in SESSION_INIT_PATHS:
         add_routes(router, door, (hdrs.METH_POST,), path, handlers.issue_session)
     proxy = handlers.proxy if tracing is None else handlers.traced_proxy
+    proxy_routes = app[proxy_routes_key] = ProxyRoutes()  # found past the router
     for prefix in settings.upstream.proxy_prefixes:
-        # [\s\S]: aiohttp matches the *decoded* path, and "." would let an encoded
-        # newline fall through to a 404 instead of the path checks' 400.
-        tail = prefix + "{tail:[\\s\\S]*}"
-        add_routes(router, door, (hdrs.METH_ANY,), tail, partial(proxy, gateway))
+        # TAIL is [\s\S]*: aiohttp matches the *decoded* path, and "." would let an
+        # encoded newline fall through to a 404 instead of the path checks' 400.
+        path = prefix + TAIL
+        front = add_routes(router, door, (hdrs.METH_ANY,), path, partial(proxy, gateway))
+        proxy_routes.add(prefix, front)
     add_unmatched(router, door)
     return app
 

@@ -49,7 +49,8 @@ from broker.observability.tracing import Span, Tracing
 from broker.proxy.finishing import finish_headers
 from broker.proxy.throttle import client_ip
 from broker.upstream.transport import STANDARD_METHODS
-from broker.web.keys import exchange_key, gateway_key
+from broker.web.keys import exchange_key
+from broker.web.routing import EveryTarget
 
 log = get_logger("broker.requests")
 
@@ -137,7 +138,7 @@ def front_door(gateway: Gateway, *, public: bool) -> Door:
                     # Not `preflight or ...`: a response is a mapping, falsy when empty.
                     response = await handler(request) if preflight is None else preflight
                 except Exception as exc:  # noqa: BLE001 - mapped (or re-raised) right here
-                    response = _refusal(request, exc)
+                    response = _refusal(request, exc, gateway)
                 status = response.status
                 if not response.prepared:  # streamed answers got these before their headers
                     cors = gateway.cors if public else None
@@ -234,13 +235,15 @@ class FrontDoor:
 
 def add_routes(
     router: web.UrlDispatcher, door: Door, methods: tuple[str, ...], path: str, handler: Handler
-) -> None:
-    """*handler* for *methods* on *path*, through *door*, labelled by its path template.
-    (``GET_HEAD`` is what aiohttp's ``add_get`` adds.)"""
+) -> Handler:
+    """*handler* for *methods* on *path*, through *door*, labelled by its path template;
+    returns what the routes call (the handler in its front door). (``GET_HEAD`` is what
+    aiohttp's ``add_get`` adds.)"""
     resource = router.add_resource(path)
     front = door(handler, _template_of(resource))
     for method in methods:
         resource.add_route(method, front, expect_handler=expect_continue)
+    return front
 
 
 GET_HEAD = (hdrs.METH_GET, hdrs.METH_HEAD)
@@ -249,7 +252,7 @@ GET_HEAD = (hdrs.METH_GET, hdrs.METH_HEAD)
 def add_unmatched(router: web.UrlDispatcher, door: Door) -> None:
     """Add last: any target or method no other route takes gets a 404 or 405 through
     *door* (logged, counted, rate limited, error-shaped) instead of aiohttp's text."""
-    resource = _EveryTarget(_UNMATCHED_PATH)
+    resource = EveryTarget(_UNMATCHED_PATH)
     router.register_resource(resource)
     resource.add_route(hdrs.METH_ANY, door(_unmatched, UNMATCHED), expect_handler=expect_continue)
 
@@ -267,17 +270,6 @@ async def expect_continue(request: web.Request) -> None:
         request.writer.output_size = 0  # an interim answer: the response has not started
 
 
-class _EveryTarget(web.DynamicResource):
-    """Matches every request target, also one no path pattern can match because it does
-    not start with "/" (``OPTIONS *``), which aiohttp would answer itself, in plain text
-    and naming its version. (``CONNECT host:port`` reaches no resource at all: the
-    runner's server refuses it.)"""
-
-    async def resolve(self, request: web.Request) -> tuple[web.UrlMappingMatchInfo, set[str]]:
-        [route] = self  # the one catch-all route, for every method
-        return web.UrlMappingMatchInfo({}, route), {hdrs.METH_ANY}
-
-
 async def _unmatched(request: web.Request) -> web.StreamResponse:
     # Only reached when no route took the request: another route with this path
     # (but not this method) makes it a 405, as aiohttp's router would say.
@@ -292,21 +284,21 @@ async def _unmatched(request: web.Request) -> web.StreamResponse:
     raise NotFound()
 
 
-def _refusal(request: web.Request, exc: Exception) -> web.Response:
+def _refusal(request: web.Request, exc: Exception, gateway: Gateway) -> web.Response:
     """The upstream-shaped error for whatever refused the request (called while *exc*
     is being handled); re-raised when headers went out already or it is no error."""
     if isinstance(exc, BrokerError):
         if request.writer.output_size:  # headers already sent: only a reset is left
             raise exc
-        return error_response(request, exc)
+        return error_response(request, exc, gateway)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
-        return error_response(request, _from_http_exception(exc))
+        return error_response(request, _from_http_exception(exc), gateway)
     if request.writer.output_size:
         raise exc
     log.exception("unhandled_error")
-    return error_response(request, BrokerError("unhandled error"))
+    return error_response(request, BrokerError("unhandled error"), gateway)
 
 
 def _guard(request: web.Request, gateway: Gateway, route: str) -> web.Response | None:
@@ -342,7 +334,7 @@ def remote_address(request: web.Request, gateway: Gateway) -> str:
     return client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
 
 
-def error_response(request: web.Request, exc: BrokerError) -> web.Response:
+def error_response(request: web.Request, exc: BrokerError, gateway: Gateway) -> web.Response:
     exchange = request.get(exchange_key)
     if exchange is not None:
         exchange.error_code = exc.code
@@ -351,7 +343,7 @@ def error_response(request: web.Request, exc: BrokerError) -> web.Response:
         if isinstance(exc, AuthFailure) and exc.key is not None and exchange.customer_id is None:
             exchange.customer_id, exchange.invoice_id = key_ids(exc.key)
     if isinstance(exc, AuthFailure):
-        request.app[gateway_key].metrics.auth_failures.labels(reason=exc.reason).inc()
+        gateway.metrics.auth_failures.labels(reason=exc.reason).inc()
     if exc.status >= 500:
         log.warning("request_failed", code=exc.code, detail=exc.detail)
     return shaped_error(exc)

@@ -35,7 +35,8 @@ from broker.observability.exchange import UNMATCHED
 from broker.observability.logs import request_id_var
 from broker.proxy.finishing import finish_headers
 from broker.web.front_door import new_request_id, shaped_error
-from broker.web.keys import exchange_key, gateway_key
+from broker.web.keys import exchange_key, gateway_key, proxy_routes_key
+from broker.web.routing import ProxyRoutes
 
 # What aiohttp's statuses mean here: its parser refuses with 400, a handler that times
 # out gives 504, anything else that escapes a handler gives 500.
@@ -51,32 +52,45 @@ def _error_for(status: int, exc: BaseException | None) -> BrokerError:
 
 
 class GatewayRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections answer aiohttp's own errors as the broker."""
+    """``web.AppRunner`` whose connections answer aiohttp's own errors as the broker,
+    and take proxied requests to their route past the router (``ProxyRoutes``)."""
 
     async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
+        server = await super()._make_server()  # the app has started: its routes are final
         gateway = self.app.get(gateway_key)  # the metrics listener has none
+        proxy_routes = self.app.get(proxy_routes_key)  # the public listener's only
+        if proxy_routes is not None:
+            proxy_routes.freeze(self.app.router)
         return _GatewayServer(
             server.request_handler,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             gateway=gateway,
+            proxy_routes=proxy_routes,
             **server._kwargs,
         )
 
 
 class _GatewayServer(web.Server):
-    def __init__(self, *args: Any, gateway: Gateway | None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        gateway: Gateway | None,
+        proxy_routes: ProxyRoutes | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = gateway
         routed = self.request_handler
+        take = proxy_routes.take if proxy_routes is not None else _router_decides
 
         def handle(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
             # CONNECT's target (host:port) has no path: aiohttp's router tries no route
             # for it, not even the catch-all, and would answer 404 in its own text.
             if request.method == hdrs.METH_CONNECT:
                 return self.refuse(request, MethodNotAllowed())
-            return routed(request)
+            proxied = take(request)
+            return routed(request) if proxied is None else proxied
 
         self.request_handler = handle
 
@@ -97,6 +111,10 @@ class _GatewayServer(web.Server):
         if exchange is None and self.gateway is not None:  # else the front door counted it
             self.gateway.metrics.request_done(UNMATCHED, "OTHER", error.status, 0.0)
         return response
+
+
+def _router_decides(_request: web.BaseRequest) -> Awaitable[web.StreamResponse] | None:
+    return None
 
 
 class _GatewayRequestHandler(web.RequestHandler):
