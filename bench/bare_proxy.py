@@ -8,7 +8,9 @@ and a fixed ``Authorization`` header; the answer is read whole and sent back wit
 status and content type. No token logic, no logging, no metrics.
 
 The floors run as the broker does (uvloop when installed) and measure what no broker
-code can go below while it keeps aiohttp's server:
+code can go below while it keeps aiohttp's server. The two on aiohttp's server have no
+router either (aiohttp's low-level ``web.Server``, one handler): the broker's proxied
+requests skip it too (broker.web.routing).
 
 - ``--mode lean`` ("floor: aiohttp server + lean client"): the same forwarding through
   the broker's own lean transport (``broker.upstream.lean``), nothing else;
@@ -25,7 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -40,8 +42,8 @@ from broker.web.server import run_loop
 FIXED_BEARER = "Bearer bench-fixed-upstream-token"
 INVOICE = (Path(__file__).resolve().parent / "payloads" / "invoice.json").read_bytes()
 session_key = web.AppKey("session", aiohttp.ClientSession)
-lean_key = web.AppKey("lean", LeanTransport)
 upstream_key = web.AppKey("upstream", str)
+LowLevelHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 async def forward(request: web.Request) -> web.Response:
@@ -57,20 +59,23 @@ async def forward(request: web.Request) -> web.Response:
         )
 
 
-async def forward_lean(request: web.Request) -> web.Response:
-    body = await request.read() if request.can_read_body else None
-    headers = {"Authorization": FIXED_BEARER, "Accept": request.headers.get("Accept", "*/*")}
-    url = URL(request.app[upstream_key] + request.raw_path, encoded=True)
-    upstream = await request.app[lean_key].send(request.method, url, headers, body)
-    try:
-        payload = await upstream.read_exactly(upstream.content_length or 0)
-        content_type = upstream.headers.get("Content-Type", "application/octet-stream")
-        return web.Response(body=payload, status=upstream.status, content_type=content_type)
-    finally:
-        upstream.release()
+def lean_forwarder(lean: LeanTransport, upstream: str) -> LowLevelHandler:
+    async def forward_lean(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.read() if request.can_read_body else None
+        headers = {"Authorization": FIXED_BEARER, "Accept": request.headers.get("Accept", "*/*")}
+        url = URL(upstream + request.raw_path, encoded=True)
+        answer = await lean.send(request.method, url, headers, body)
+        try:
+            payload = await answer.read_exactly(answer.content_length or 0)
+            content_type = answer.headers.get("Content-Type", "application/octet-stream")
+            return web.Response(body=payload, status=answer.status, content_type=content_type)
+        finally:
+            answer.release()
+
+    return forward_lean
 
 
-async def answer(_request: web.Request) -> web.Response:
+async def answer(_request: web.BaseRequest) -> web.StreamResponse:
     return web.Response(body=INVOICE, content_type="application/json")
 
 
@@ -152,23 +157,20 @@ async def client_session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def lean_transport(app: web.Application) -> AsyncIterator[None]:
-    settings = UpstreamSettings(
-        base_url=URL(app[upstream_key]), client_id="bench", client_secret="bench"
-    )
-    app[lean_key] = LeanTransport(settings)
-    yield
-    await app[lean_key].close()
-
-
-async def serve_on_uvloop(app: web.Application, port: int) -> None:
-    runner = web.AppRunner(app, access_log=None)
+async def serve_low_level(mode: str, upstream: str, port: int) -> None:
+    """aiohttp's server with one handler and no router (the lean or answer floor)."""
+    settings = UpstreamSettings(base_url=URL(upstream), client_id="bench", client_secret="bench")
+    lean = LeanTransport(settings)
+    handler = lean_forwarder(lean, upstream) if mode == "lean" else answer
+    runner = web.ServerRunner(web.Server(handler), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         await asyncio.Event().wait()  # until SIGTERM ends the process
     finally:
         await runner.cleanup()
+        with contextlib.suppress(Exception):
+            await lean.close()
 
 
 def main() -> None:
@@ -177,22 +179,17 @@ def main() -> None:
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--mode", choices=("forward", "lean", "answer", "own"), default="forward")
     args = parser.parse_args()
+    upstream = args.upstream.rstrip("/")
     if args.mode == "own":
-        run_loop(serve_own(args.upstream.rstrip("/"), args.port))
-        return
-    app = web.Application()
-    app[upstream_key] = args.upstream.rstrip("/")
-    if args.mode == "forward":
+        run_loop(serve_own(upstream, args.port))
+    elif args.mode == "forward":
+        app = web.Application()
+        app[upstream_key] = upstream
         app.cleanup_ctx.append(client_session)
         app.router.add_route("*", "/{tail:.*}", forward)
         web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
-        return
-    if args.mode == "lean":
-        app.cleanup_ctx.append(lean_transport)
-        app.router.add_route("*", "/{tail:.*}", forward_lean)
     else:
-        app.router.add_route("*", "/{tail:.*}", answer)
-    run_loop(serve_on_uvloop(app, args.port))
+        run_loop(serve_low_level(args.mode, upstream, args.port))
 
 
 if __name__ == "__main__":
