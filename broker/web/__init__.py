@@ -1,5 +1,6 @@
-"""The web front: the application and its routes, the front door every route goes
-through, handlers, the runner and server, the admin listener and the access log."""
+"""The web front: the application and its routes (the proxy routes found past aiohttp's
+router), the front door every route goes through, handlers, the runner and server, the
+admin listener and the access log."""
 
 from __future__ import annotations
 
