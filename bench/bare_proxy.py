@@ -138,17 +138,26 @@ class OwnServer(asyncio.Protocol):
             self._transport.write(head.encode("latin-1") + payload)
 
 
-async def serve_own(upstream: str, port: int) -> None:
+@contextlib.asynccontextmanager
+async def lean_client(upstream: str) -> AsyncIterator[LeanTransport]:
+    """The broker's lean transport to *upstream*, closed when the floor stops."""
     settings = UpstreamSettings(base_url=URL(upstream), client_id="bench", client_secret="bench")
     lean = LeanTransport(settings)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: OwnServer(lean, upstream), "127.0.0.1", port)
     try:
-        await asyncio.Event().wait()  # until SIGTERM ends the process
+        yield lean
     finally:
-        server.close()
         with contextlib.suppress(Exception):
             await lean.close()
+
+
+async def serve_own(upstream: str, port: int) -> None:
+    async with lean_client(upstream) as lean:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: OwnServer(lean, upstream), "127.0.0.1", port)
+        try:
+            await asyncio.Event().wait()  # until SIGTERM ends the process
+        finally:
+            server.close()
 
 
 async def client_session(app: web.Application) -> AsyncIterator[None]:
@@ -157,11 +166,8 @@ async def client_session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def serve_low_level(mode: str, upstream: str, port: int) -> None:
+async def serve_low_level(handler: LowLevelHandler, port: int) -> None:
     """aiohttp's server with one handler and no router (the lean or answer floor)."""
-    settings = UpstreamSettings(base_url=URL(upstream), client_id="bench", client_secret="bench")
-    lean = LeanTransport(settings)
-    handler = lean_forwarder(lean, upstream) if mode == "lean" else answer
     runner = web.ServerRunner(web.Server(handler), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -169,8 +175,11 @@ async def serve_low_level(mode: str, upstream: str, port: int) -> None:
         await asyncio.Event().wait()  # until SIGTERM ends the process
     finally:
         await runner.cleanup()
-        with contextlib.suppress(Exception):
-            await lean.close()
+
+
+async def serve_lean(upstream: str, port: int) -> None:
+    async with lean_client(upstream) as lean:
+        await serve_low_level(lean_forwarder(lean, upstream), port)
 
 
 def main() -> None:
@@ -188,8 +197,10 @@ def main() -> None:
         app.cleanup_ctx.append(client_session)
         app.router.add_route("*", "/{tail:.*}", forward)
         web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+    elif args.mode == "lean":
+        run_loop(serve_lean(upstream, args.port))
     else:
-        run_loop(serve_low_level(args.mode, upstream, args.port))
+        run_loop(serve_low_level(answer, args.port))
 
 
 if __name__ == "__main__":
