@@ -52,12 +52,8 @@ class ProxyRoutes:
         pattern other than theirs, stay the router's to find."""
         resources = list(router.resources())
         canonicals = {resource.canonical for resource in resources}
-        prefixes = [
-            (prefix, front)
-            for prefix, front in self._added.items()
-            if prefix + _TAIL_CANONICAL in canonicals
-        ]
-        ours = {prefix + _TAIL_CANONICAL for prefix, _ in prefixes}
+        ours = {prefix + _TAIL_CANONICAL: (prefix, front) for prefix, front in self._added.items()}
+        prefixes = [pair for canonical, pair in ours.items() if canonical in canonicals]
         others = [resource for resource in resources if resource.canonical not in ours]
         if any(not _takes_path_only(resource) for resource in others):
             prefixes = []
