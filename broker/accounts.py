@@ -19,7 +19,7 @@ from broker.config.model import DEFAULT_PARTNER, PartnerSettings, Settings
 from broker.observability.metrics import Metrics
 from broker.observability.tracing import Tracing
 from broker.proxy.allowlist import RouteTable
-from broker.proxy.forwarder import Forwarder, TracedForwarder
+from broker.proxy.forwarder import Forwarder
 from broker.proxy.targets import ProxyTargets
 from broker.tokens.budget import RateBudget, SlidingWindowBudget
 from broker.tokens.checkout import CheckoutTokens
@@ -125,9 +125,9 @@ def _forwarder(
 ) -> Forwarder:
     if tracing is None:
         return Forwarder(tokens, transport, metrics)
-    # Chosen once: with tracing off the proxy path has nothing to test per request.
+    # A wrapper chosen once: with tracing off the transport is called as it is.
     name = "lean" if isinstance(transport, LeanTransport) else "aiohttp"
-    return TracedForwarder(tokens, TracedTransport(transport, name, tracing), metrics, tracing)
+    return Forwarder(tokens, TracedTransport(transport, name, tracing), metrics, tracing)
 
 
 def identity_of(settings: Settings, partner: PartnerSettings) -> tuple[object, ...]:

@@ -4,7 +4,7 @@ per-client limits, and the relay that forwards a request and streams the answer 
 from broker.proxy.allowlist import RouteTable
 from broker.proxy.cors import CorsPolicy
 from broker.proxy.finishing import finish_headers
-from broker.proxy.forwarder import Forwarder, TracedForwarder
+from broker.proxy.forwarder import Forwarder
 from broker.proxy.relay import read_body, relay_response, upstream_failure
 from broker.proxy.targets import ProxyTargets
 from broker.proxy.throttle import TokenBuckets, client_ip
@@ -15,7 +15,6 @@ __all__ = [
     "ProxyTargets",
     "RouteTable",
     "TokenBuckets",
-    "TracedForwarder",
     "client_ip",
     "finish_headers",
     "read_body",

@@ -28,14 +28,21 @@ log = get_logger("broker.proxy.forwarder")
 class Forwarder:
     """Owns the policy between a verified session and the upstream's answer: which
     token goes out, and what a 401 means (one fresh token, one retry; a second 401 is
-    the upstream refusing a token it just minted: 502)."""
+    the upstream refusing a token it just minted: 502). With *tracing*, each token
+    lookup is a span (the forwarded call's own span and its traceparent come from the
+    transport: ``broker.upstream.traced``)."""
 
     def __init__(
-        self, tokens: CheckoutTokens, transport: UpstreamTransport, metrics: Metrics
+        self,
+        tokens: CheckoutTokens,
+        transport: UpstreamTransport,
+        metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> None:
         self._tokens = tokens
         self._transport = transport
         self._metrics = metrics
+        self._tracing = tracing
 
     async def forward(
         self,
@@ -46,15 +53,17 @@ class Forwarder:
         body: bytes | None,
     ) -> UpstreamResponse:
         """The upstream's answer (the caller releases it), with *key*'s checkout JWT."""
-        tokens = self._tokens
-        lookup = tokens.cached(key) or await tokens.wait_for_mint(key)
+        # A cached token without a span is the usual case; all else goes by _lookup.
+        lookup = self._tokens.cached(key) if self._tracing is None else None
+        if lookup is None:
+            lookup = await self._lookup(key, None)
         exchange.token_outcome = lookup.outcome
         holder = customer_of(key)
         upstream = await self._send(request, exchange, url, body, lookup.token.value, holder)
         if upstream.status != 401:
             return upstream
         upstream.release()
-        lookup = await tokens.replace_rejected(key, lookup.token)
+        lookup = await self._lookup(key, lookup)
         upstream = await self._send(request, exchange, url, body, lookup.token.value, holder)
         result = "failed" if upstream.status == 401 else "recovered"
         self._metrics.upstream_unauthorized.labels(
@@ -65,6 +74,26 @@ class Forwarder:
             upstream.release()
             raise BadGateway("upstream refused a freshly minted token")
         return upstream
+
+    async def _lookup(self, key: TokenKey, rejected: Lookup | None) -> Lookup:
+        """*key*'s token (minted if need be), or a fresh one replacing *rejected*."""
+        if self._tracing is None:
+            return await self._find(key, rejected)
+        with self._tracing.span("broker.token.lookup") as span:
+            customer_id, invoice_id = key_ids(key)
+            span.set("broker.customer_id", customer_id)
+            span.set("broker.invoice_id", invoice_id)
+            if rejected is not None:
+                span.set("broker.token.replacing_rejected", True)
+            lookup = await self._find(key, rejected)
+            span.set("broker.token.outcome", lookup.outcome)
+            return lookup
+
+    async def _find(self, key: TokenKey, rejected: Lookup | None) -> Lookup:
+        tokens = self._tokens
+        if rejected is not None:
+            return await tokens.replace_rejected(key, rejected.token)
+        return tokens.cached(key) or await tokens.wait_for_mint(key)
 
     async def _send(
         self,
@@ -93,59 +122,3 @@ class Forwarder:
         exchange.upstream_status = response.status
         exchange.upstream_ms = record.elapsed * 1000  # rounded when logged
         return response
-
-
-class TracedForwarder(Forwarder):
-    """The same policy with the token lookup in a span, for when tracing is on: a
-    subclass chosen once, so that with tracing off ``Forwarder.forward`` runs as it
-    always has, without a test per request. (The forwarded call's own span and its
-    traceparent come from the transport: ``broker.upstream.traced``.)"""
-
-    def __init__(
-        self,
-        tokens: CheckoutTokens,
-        transport: UpstreamTransport,
-        metrics: Metrics,
-        tracing: Tracing,
-    ) -> None:
-        super().__init__(tokens, transport, metrics)
-        self._tracing = tracing
-
-    async def forward(
-        self,
-        request: web.Request,
-        exchange: Exchange,
-        key: TokenKey,
-        url: URL,
-        body: bytes | None,
-    ) -> UpstreamResponse:
-        lookup = await self._lookup(key, None)
-        exchange.token_outcome = lookup.outcome
-        holder = customer_of(key)
-        upstream = await self._send(request, exchange, url, body, lookup.token.value, holder)
-        if upstream.status != 401:
-            return upstream
-        upstream.release()
-        lookup = await self._lookup(key, lookup)
-        upstream = await self._send(request, exchange, url, body, lookup.token.value, holder)
-        result = "failed" if upstream.status == 401 else "recovered"
-        self._metrics.upstream_unauthorized.labels(result=result).inc()
-        log.info("upstream_unauthorized_" + result, customer_id=holder)
-        if upstream.status == 401:
-            upstream.release()
-            raise BadGateway("upstream refused a freshly minted token")
-        return upstream
-
-    async def _lookup(self, key: TokenKey, rejected: Lookup | None) -> Lookup:
-        with self._tracing.span("broker.token.lookup") as span:
-            customer_id, invoice_id = key_ids(key)
-            span.set("broker.customer_id", customer_id)
-            span.set("broker.invoice_id", invoice_id)
-            tokens = self._tokens
-            if rejected is None:
-                lookup = tokens.cached(key) or await tokens.wait_for_mint(key)
-            else:
-                span.set("broker.token.replacing_rejected", True)
-                lookup = await tokens.replace_rejected(key, rejected.token)
-            span.set("broker.token.outcome", lookup.outcome)
-            return lookup

@@ -57,13 +57,12 @@ def create_app(
         add_routes(router, door, GET_HEAD, "/metrics", _bearer_only(registry, token))
     for path in SESSION_INIT_PATHS:
         add_routes(router, door, (hdrs.METH_POST,), path, handlers.issue_session)
-    proxy = handlers.proxy if tracing is None else handlers.traced_proxy
     proxy_routes = app[proxy_routes_key] = ProxyRoutes()  # found past the router
     for prefix in settings.upstream.proxy_prefixes:
         # TAIL is [\s\S]*: aiohttp matches the *decoded* path, and "." would let an
         # encoded newline fall through to a 404 instead of the path checks' 400.
         path = prefix + TAIL
-        front = add_routes(router, door, (hdrs.METH_ANY,), path, partial(proxy, gateway))
+        front = add_routes(router, door, (hdrs.METH_ANY,), path, partial(handlers.proxy, gateway))
         proxy_routes.add(prefix, front)
     add_unmatched(router, door)
     return app

@@ -7,13 +7,14 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.auth.sessions import AuthFailure
+from broker.accounts import Account
+from broker.auth.sessions import AuthFailure, Session
 from broker.credentials import key_ids, token_key, valid_id
 from broker.errors import BadGateway, BadRequest, NotFound
 from broker.gateway import Gateway
 from broker.headers import AUTHORIZATION, CACHE_CONTROL, PRAGMA
 from broker.observability.logs import get_logger
-from broker.observability.tracing import maybe_span
+from broker.observability.tracing import Tracing, maybe_span
 from broker.proxy.relay import (
     read_body,
     relay_response,
@@ -159,7 +160,10 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     # Judged before the session is known: a bad path is refused whoever asks.
     first = gateway.first
     url = first.targets.upstream_url(request.method, request.raw_path)
-    session, account = await gateway.authenticate(bearer_token(request))
+    if gateway.tracing is None:
+        session, account = await gateway.authenticate(bearer_token(request))
+    else:
+        session, account = await _traced_authenticate(gateway, gateway.tracing, request)
     if account is not first:  # another partner's upstream: its own URL (memoised too)
         url = account.targets.upstream_url(request.method, request.raw_path)
     exchange.customer_id, exchange.invoice_id = key_ids(session.key)
@@ -184,35 +188,14 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
         upstream.release()
 
 
-async def traced_proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
-    """``proxy`` with the session's verification in its span, routed instead of it when
-    tracing is on: ``proxy`` itself then has nothing to test per request. (A copy rather
-    than a shared coroutine: one more coroutine frame is what every request would pay.)"""
-    exchange = request[exchange_key]
-    exchange.auth = "session"
-    first = gateway.first
-    url = first.targets.upstream_url(request.method, request.raw_path)
-    with maybe_span(gateway.tracing, "broker.session.verify") as span:
+async def _traced_authenticate(
+    gateway: Gateway, tracing: Tracing, request: web.Request
+) -> tuple[Session, Account]:
+    """``gateway.authenticate`` of the request's bearer token, in its span."""
+    with tracing.span("broker.session.verify") as span:
         session, account = await gateway.authenticate(bearer_token(request))
         customer_id, invoice_id = key_ids(session.key)
         span.set("broker.customer_id", customer_id)
         span.set("broker.invoice_id", invoice_id)
         span.set("broker.partner", account.id)
-    if account is not first:
-        url = account.targets.upstream_url(request.method, request.raw_path)
-    exchange.customer_id, exchange.invoice_id = customer_id, invoice_id
-    gateway.session_throttle.take(session.digest)
-    limits = gateway.settings.limits
-    # Most SDK calls are GETs: no body to read, no coroutine to make for it.
-    body = (
-        await read_body(request, limits.max_body_bytes, limits.body_timeout)
-        if request.body_exists
-        else None
-    )
-    upstream = await account.forwarder.forward(request, exchange, session.key, url, body)
-    try:
-        if 300 <= upstream.status < 400:
-            raise BadGateway(f"upstream redirected ({upstream.status})")
-        return await relay_response(request, upstream, exchange.request_id, gateway.cors)
-    finally:
-        upstream.release()
+    return session, account

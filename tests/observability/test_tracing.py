@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from pytest_aiohttp import AiohttpClient
 
 from broker.config.model import Settings, TracingSettings
+from broker.errors import UpstreamFailure
 from broker.observability.otel import OtelTracing
 from broker.observability.tracing import open_tracing, tracing_requested
 from broker.web.app import create_app, runner_options
@@ -51,12 +52,17 @@ def make_traced(
 ) -> MakeTraced:
     """A broker whose spans end up in *exporter* (every span sampled)."""
 
-    async def make(settings: Settings, *, trust_incoming: bool = False) -> BrokerClient:
+    async def make(
+        settings: Settings,
+        *,
+        trust_incoming: bool = False,
+        registry: CollectorRegistry | None = None,
+    ) -> BrokerClient:
         settings = replace(settings, upstream=replace(settings.upstream, transport=transport))
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         tracing = OtelTracing(provider, trust_incoming=trust_incoming)
-        app = create_app(settings, registry=CollectorRegistry(), tracing=tracing)
+        app = create_app(settings, registry=registry or CollectorRegistry(), tracing=tracing)
         options = runner_options(settings)
         del options["handler_cancellation"]
         server = BrokerTestServer(app)
@@ -346,6 +352,53 @@ async def test_failures_mark_their_spans_and_refusals_do_not(
     assert attributes["broker.refusal.reason"] == "missing"
     verify = one(exporter.get_finished_spans(), "broker.session.verify")
     assert dict(verify.attributes or {})["broker.auth.reason"] == "missing"
+
+
+# With tracing on, the proxy path takes its spans' branches: the answers the browser
+# gets must be the very ones it gets with tracing off.
+@pytest.mark.forwarding
+async def test_with_tracing_on_an_upstream_5xx_body_is_still_the_brokers_own(
+    make_traced: MakeTraced, sandbox: Sandbox, logs: LogCapture
+) -> None:
+    broker = await make_traced(make_settings(sandbox.url))
+    token = await new_session(broker)
+    await sandbox.faults(error_rate=1.0)  # the sandbox's own 500 body names its failure
+    response = await broker.get(
+        "/checkout/invoice", headers={**auth(token), "X-Request-Id": "traced-500"}
+    )
+    assert response.status == 500
+    text = await response.text()
+    assert json.loads(text) == {"code": UpstreamFailure.code, "message": UpstreamFailure.message}
+    assert "Simulated" not in text
+    [line] = [e for e in logs.events("request_finished") if e["request_id"] == "traced-500"]
+    assert line["upstream_error_code"] == "internal_server_error"
+
+
+@pytest.mark.forwarding
+async def test_with_tracing_on_an_upstream_401_is_replayed_once_and_counted(
+    make_traced: MakeTraced, sandbox: Sandbox
+) -> None:
+    registry = CollectorRegistry()
+    broker = await make_traced(make_settings(sandbox.url), registry=registry)
+    session = await new_session(broker)
+    assert (await broker.get("/checkout/invoice", headers=auth(session))).status == 200
+    await sandbox.post(
+        "/_sandbox/revoke", {"customer_id": "cus_alice", "invoice_id": "inv_alice_1"}
+    )
+    assert (await broker.get("/checkout/invoice", headers=auth(session))).status == 200
+
+    await sandbox.faults(unauthorized_always=True)
+    response = await broker.get("/checkout/invoice", headers=auth(session))
+    assert response.status == 502
+    assert (await response.json())["code"] == "bad_gateway"
+    counted = {
+        sample.labels["result"]: sample.value
+        for metric in registry.collect()
+        if metric.name == "broker_upstream_unauthorized"
+        for sample in metric.samples
+        if sample.name == "broker_upstream_unauthorized_total"
+    }
+    assert counted == {"recovered": 1.0, "failed": 1.0}
 
 
 async def test_an_idp_caller_session_traces_its_verification_and_the_ownership_check(
