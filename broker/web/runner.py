@@ -2,13 +2,13 @@
 
 aiohttp answers some requests before any route (and so before the front door) sees
 them: those its parser refuses (a bad request line, a control byte in a header, an
-unknown method, an oversized header) with 400, ``CONNECT host:port`` (a target without
-a path, for which its router tries no route) with 404, and a handler that escapes with
-500 or 504. Its answer is ``text/plain``, for a refusal one that echoes the refused
-line, which may be a header holding the caller's bearer token, under
-``Server: Python/... aiohttp/...``. The server here answers them as the broker answers
-every error instead: the JSON error shape, a request id, ``Server: token-broker``,
-``no-store``, and closed; CONNECT gets 405.
+unknown method, an oversized header) with 400, targets without a path, for which its
+router tries no route (``CONNECT host:port``, ``GET http://host``), with 404, and a
+handler that escapes with 500 or 504. Its answer is ``text/plain``, for a refusal one
+that echoes the refused line, which may be a header holding the caller's bearer token,
+under ``Server: Python/... aiohttp/...``. The server here answers them as the broker
+answers every error instead: the JSON error shape, a request id, ``Server:
+token-broker``, ``no-store``, and closed; CONNECT gets 405.
 
 aiohttp has no hook for this, so it takes a subclass at each step that builds the
 connection handler: ``RequestHandler.handle_error``, the ``Server`` that creates
@@ -28,6 +28,7 @@ from broker.errors import (
     BrokerError,
     GatewayTimeout,
     MethodNotAllowed,
+    NotFound,
     UnsupportedMediaType,
 )
 from broker.gateway import Gateway
@@ -89,6 +90,10 @@ class _GatewayServer(web.Server):
             # for it, not even the catch-all, and would answer 404 in its own text.
             if request.method == hdrs.METH_CONNECT:
                 return self.refuse(request, MethodNotAllowed())
+            # Nor for an absolute target without a path (``GET http://host``): its walk
+            # never reaches "/", where the catch-all is.
+            if not request.rel_url.path_safe:
+                return self.refuse(request, NotFound())
             proxied = take(request)
             return routed(request) if proxied is None else proxied
 

@@ -2,12 +2,13 @@
 
 Its parser refuses some requests outright: a control byte in a header, a bad request
 line, bytes that are not HTTP, a line over the size limit. Its router tries no route
-for targets without a path: ``CONNECT host:port``. Its default ``Expect`` handler refuses
-any expectation but 100-continue before the handler runs. aiohttp's own answer is text, for a
-refusal one that echoes the refused line (the caller's bearer token, if that was the
-line), under ``Server: Python/... aiohttp/...``. The broker answers them as every other
-error: the JSON shape, its own Server header, a request id, closed; counted and logged
-under the ``unmatched`` route, with none of the request's bytes.
+for targets without a path: ``CONNECT host:port``, ``GET http://host``. Its default
+``Expect`` handler refuses any expectation but 100-continue before the handler runs.
+aiohttp's own answer is text, for a refusal one that echoes the refused line (the
+caller's bearer token, if that was the line), under ``Server: Python/... aiohttp/...``.
+The broker answers them as every other error: the JSON shape, its own Server header, a
+request id, closed; counted and logged under the ``unmatched`` route, with none of the
+request's bytes.
 """
 
 from __future__ import annotations
@@ -140,6 +141,19 @@ async def test_connect_is_the_brokers_405_and_never_a_tunnel(
     payload = b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\nSSH-2.0-x\r\n"
     reply = await send_to(client, payload)
     assert_answered_like_the_broker(reply, MethodNotAllowed())
+    assert sample(registry, "broker_requests_total", labels) == 1
+    assert upstream_traffic(await sandbox.requests()) == []
+
+
+@pytest.mark.parametrize("target", ["http://evil.example", "http://127.0.0.1:1", "https://x?y=1"])
+async def test_an_absolute_target_without_a_path_is_the_brokers_404(
+    client: BrokerClient, sandbox: Sandbox, registry: CollectorRegistry, target: str
+) -> None:
+    """aiohttp's router walks such a target's empty path to no resource, not even the
+    catch-all, and would answer in its own text."""
+    labels = {"route": "unmatched", "method": "OTHER", "status": "404"}
+    reply = await send_to(client, http_request("GET", target))
+    assert_answered_like_the_broker(reply, NotFound())
     assert sample(registry, "broker_requests_total", labels) == 1
     assert upstream_traffic(await sandbox.requests()) == []
 
