@@ -1,9 +1,10 @@
 """Browser-direct callers: verify the signed-in user's JWT from the partner's IdP.
 
-Algorithms are pinned per key (from the key's type, narrowed by configuration),
-never read from the token header alone; ``jku``/``x5u``/``jwk``/``x5c`` headers are
-never followed; ``iss`` and ``aud`` are compared exactly; claim types are checked
-here because pyjwt accepts a numeric string for ``exp``.
+Algorithms are pinned per key (those of ``auth.jwt.algorithms`` the key can verify,
+else the key's default: RS256 for RSA, the curve's for EC, EdDSA), never read from
+the token header alone; ``jku``/``x5u``/``jwk``/``x5c`` headers are never followed;
+``iss`` and ``aud`` are compared exactly; claim types are checked here because pyjwt
+accepts a numeric string for ``exp``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 
 import aiohttp
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from broker.auth.sessions import AuthFailure, invalid_token_reason
+from broker.config.checks import key_algorithms
 from broker.config.model import JwtAuthSettings
 from broker.credentials import valid_id
 from broker.observability.logs import get_logger
@@ -31,7 +32,6 @@ MAX_IDP_TOKEN_LENGTH = 8192
 MAX_JWKS_BYTES = 256 * 1024
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit")
 _NUMERIC_CLAIMS = ("exp", "iat", "nbf")
-_DEFAULT_ALGORITHMS = {"RSA": ("RS256",), "EC": ("ES256",), "OKP": ("EdDSA",), "oct": ("HS256",)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,7 @@ class IdentityVerifier:
             self._static = VerificationKey(settings.hs256_secret, frozenset({"HS256"}))
         elif settings.public_key:
             public_key = load_pem_public_key(settings.public_key.encode())
-            self._static = VerificationKey(public_key, self._pinned(_key_type(public_key), None))
+            self._static = VerificationKey(public_key, self._pinned(public_key, None))
 
     async def verify(self, token: str) -> str:
         if len(token) > MAX_IDP_TOKEN_LENGTH:
@@ -90,6 +90,10 @@ class IdentityVerifier:
             )
         except jwt.InvalidTokenError as exc:
             raise AuthFailure(invalid_token_reason(exc)) from None
+        except jwt.PyJWTError:
+            # InvalidKeyError: the key does not fit the algorithm (pinning should have
+            # refused it already); still the caller's bad token, never a 500.
+            raise AuthFailure("algorithm_not_allowed") from None
         for name in _NUMERIC_CLAIMS:
             value = claims.get(name)
             if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -156,27 +160,20 @@ class IdentityVerifier:
                 jwk = jwt.PyJWK.from_dict(entry)
             except jwt.PyJWKError:
                 continue
-            declared = entry.get("alg")
-            algorithms = self._pinned(str(entry.get("kty")), declared)
+            # A key that verifies nothing is left out: one with private parts (never
+            # trusted in a public document), or one whose `alg` it cannot verify.
+            algorithms = self._pinned(jwk.key, entry.get("alg"))
             if algorithms:
                 keys[entry.get("kid")] = VerificationKey(jwk.key, algorithms)
         return keys
 
-    def _pinned(self, key_type: str, declared: object) -> frozenset[str]:
-        allowed = set(_DEFAULT_ALGORITHMS.get(key_type, ()))
+    def _pinned(self, key: object, declared: object) -> frozenset[str]:
+        """The algorithms *key* verifies: the configured ones it can verify, else its
+        default (RS256 for an RSA key, its curve's for an EC key, EdDSA); *declared*
+        (a JWK's own ``alg``) narrows them to that one."""
+        fitting = key_algorithms(key)
         if isinstance(declared, str):
-            allowed = {declared} if key_type != "oct" else set()
+            fitting = tuple(a for a in fitting if a == declared)
         if self._settings.algorithms:
-            allowed &= set(self._settings.algorithms)
-        allowed.discard("none")
-        return frozenset(allowed)
-
-
-def _key_type(key: object) -> str:
-    if isinstance(key, rsa.RSAPublicKey):
-        return "RSA"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return "EC"
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return "OKP"
-    return "unknown"
+            return frozenset(fitting).intersection(self._settings.algorithms)
+        return frozenset(fitting[:1])

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_pem_public_key,
@@ -22,7 +22,12 @@ _N = TypeVar("_N", bound=float)
 MIN_API_KEY_LENGTH = 16
 MIN_ADMIN_KEY_LENGTH = 32
 MIN_HS256_SECRET_BYTES = 32
-ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"})
+# What a public key can verify (RFC 7518 §3, RFC 8037): an RSA key any of these, its
+# default first; an EC key only the algorithm of its curve (pyjwt refuses another with
+# InvalidKeyError); an Ed25519 or Ed448 key EdDSA.
+RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+ASYMMETRIC_ALGORITHMS = frozenset({*RSA_ALGORITHMS, *EC_ALGORITHMS.values(), "EdDSA"})
 _ROUTE_PAIR = re.compile(r"^(GET|POST|PUT|PATCH|DELETE) (/[A-Za-z0-9._~{}/-]+)$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 
@@ -169,8 +174,30 @@ class Checker:
                 "auth.jwt.algorithms: only asymmetric algorithms with a public key or JWKS"
                 f" ({', '.join(sorted(ASYMMETRIC_ALGORITHMS))})"
             )
-        if settings.public_key and load_pem_public_key_or_none(settings.public_key) is None:
+        if settings.public_key:
+            self._public_key_algorithms(settings.public_key, settings.algorithms)
+
+    def _public_key_algorithms(self, pem: str, configured: tuple[str, ...]) -> None:
+        # Found here, not by the broker refusing every token: a key that verifies no
+        # algorithm, or a pinned algorithm the key can never verify.
+        key = load_pem_public_key_or_none(pem)
+        if key is None:
             self.problems.append("auth.jwt.public_key_file: not a readable PEM public key")
+            return
+        fitting = key_algorithms(key)
+        if not fitting:
+            self.problems.append(
+                "auth.jwt.public_key_file: must be an RSA, EC (P-256, P-384, P-521),"
+                " Ed25519 or Ed448 public key"
+            )
+            return
+        # Those outside ASYMMETRIC_ALGORITHMS have a problem of their own (jwt_auth).
+        unfit = [a for a in configured if a in ASYMMETRIC_ALGORITHMS and a not in fitting]
+        if unfit:
+            self.problems.append(
+                f"auth.jwt.algorithms: {', '.join(unfit)} can never verify with the key in"
+                f" auth.jwt.public_key_file (it verifies {', '.join(fitting)})"
+            )
 
     def admin(self, settings: AdminSettings) -> None:
         if settings.enabled and len(settings.api_key) < MIN_ADMIN_KEY_LENGTH:
@@ -250,3 +277,16 @@ def load_pem_public_key_or_none(pem: str) -> object | None:
         return load_pem_public_key(pem.encode())
     except (ValueError, TypeError):
         return None
+def key_algorithms(key: object) -> tuple[str, ...]:
+    """The JWS algorithms *key* verifies, the one it defaults to first; none for a
+    private key or a key of another kind."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return RSA_ALGORITHMS
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        algorithm = EC_ALGORITHMS.get(key.curve.name)
+        return (algorithm,) if algorithm else ()
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return ("EdDSA",)
+    return ()
+
+

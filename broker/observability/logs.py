@@ -96,7 +96,8 @@ class LineRenderer:
     contains); only a line that has some is redacted field by field and rendered
     again, and the text of that line is redacted as a whole too, nested values
     (an exception's message, say) included. The console renderer consumes the
-    fields it renders, so there the fields are redacted first."""
+    fields it renders, so there the fields are redacted first, and the rendered
+    text as a whole after (``_redact_console``)."""
 
     def __init__(self, console: bool) -> None:
         self._console = console
@@ -133,7 +134,7 @@ class LineRenderer:
         """*names_safe*: the caller knows that no name of *fields* is a secret's."""
         if self._console:
             rendered = self._console_renderer(logger, method, redact(logger, method, fields))
-            return str(rendered)
+            return _redact_console(str(rendered))
         line = _dumps(fields)
         if not names_safe and not fields.keys() <= self._safe_names:
             self._learn_names(fields)
@@ -148,6 +149,24 @@ class LineRenderer:
 
 
 _KNOWN_NAMES: Final = 4096
+# The SGR sequences (colours, bold, reset) ConsoleRenderer styles its columns with.
+_ANSI: Final = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _redact_console(line: str) -> str:
+    """*line*, as ConsoleRenderer coloured it, redacted as a whole, as a JSON line is:
+    its fields were redacted before rendering, but not a traceback or a nested value.
+
+    The colour codes sit between columns, never inside one, so the coloured text is
+    redacted where it stands. Should a credential be whole only once they are left out
+    (a "Bearer" ending one column, a value starting the next), the line loses its
+    colours rather than its redaction: either way, read without its colour codes, the
+    line is redact_text of the plain line."""
+    plain = _ANSI.sub("", line)
+    if not _suspect(plain):
+        return line
+    redacted, plain = redact_text(line), redact_text(plain)
+    return redacted if _ANSI.sub("", redacted) == plain else plain
 
 
 def scrub_aiohttp_records(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -105,16 +106,58 @@ def test_credentials_are_redacted_in_both_formats(written: io.StringIO, fmt: str
     assert text.count("<redacted>") == 4
 
 
-def test_a_credential_nested_in_a_json_traceback_is_redacted(written: io.StringIO) -> None:
-    configure_logging(fmt="json", level="info", stream=written, cache=False)
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_credential_in_a_traceback_is_redacted_in_both_formats(
+    written: io.StringIO, fmt: str
+) -> None:
+    configure_logging(fmt=fmt, level="info", stream=written, cache=False)
     try:
         raise ValueError(f"upstream said Bearer {JWT}")
     except ValueError:
         get_logger("broker.test").exception("failed")
-    (line,) = _json_lines(written)
-    assert "exception" in line
-    assert JWT not in written.getvalue()
-    assert fingerprint(JWT) in written.getvalue()
+    text = written.getvalue()
+    assert "ValueError" in text  # the traceback is written, redacted
+    assert "upstream said Bearer <jwt:" in text
+    assert JWT not in text
+    assert fingerprint(JWT) in text
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_credential_nested_in_a_field_is_redacted_in_both_formats(
+    written: io.StringIO, fmt: str
+) -> None:
+    configure_logging(fmt=fmt, level="info", stream=written, cache=False)
+    get_logger("broker.test").info(
+        "seen", details={"header": f"Bearer {JWT}", "list": ["Basic dXNlcjpwYXNz"]}
+    )
+    text = written.getvalue()
+    for secret in (JWT, "dXNlcjpwYXNz"):
+        assert secret not in text
+    assert fingerprint(JWT) in text
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def test_console_lines_keep_their_colours_and_are_redacted_as_read_without_them(
+    written: io.StringIO,
+) -> None:
+    """ConsoleRenderer colours each column apart, so a credential could be whole only
+    once the colour codes are left out (here, a "Bearer" ending one column and what
+    follows it): such a line loses its colours, never its redaction; the others keep
+    theirs, redacted too."""
+    configure_logging(fmt="console", level="info", stream=written, cache=False)
+    log = get_logger("broker.test")
+    log.info("plain", count=3)
+    log.info("seen", details={"header": f"Bearer {JWT}"})
+    log.info("refused", scheme="Bearer", value="opaque-credential-value")  # sorted keys
+    plain, nested, split = written.getvalue().splitlines()
+    assert _ANSI.search(plain)
+    assert _ANSI.search(nested)
+    assert JWT not in _ANSI.sub("", nested)
+    assert "opaque-credential-value" not in split
+    assert not _ANSI.search(split)
+    assert "scheme=Bearer <redacted>" in split
 
 
 def test_lines_without_a_credential_are_written_as_given(written: io.StringIO) -> None:
