@@ -44,11 +44,14 @@ def targets_for(settings: Settings, partner: PartnerSettings) -> ProxyTargets:
 
 
 def redis_namespace(settings: Settings, partner: PartnerSettings) -> str:
-    """The single account keeps today's key names (replicas of an older version share
-    them during an upgrade); a declared partner's keys name it. ``=`` never appears in
-    a customer id or a fixed key word, so no pattern of one partner matches another's."""
+    """``default`` keeps the names of a single-account broker however many partners
+    are declared: a reload that adds or removes one must not move its keys (and with
+    them the revocations every replica reads), and replicas of an older version share
+    them during an upgrade. Another partner's keys name it: ``partner=<id>`` is no fixed
+    key word and ``=`` is in no customer id, so no key or SCAN pattern of one account
+    matches another's."""
     namespace = settings.cache.namespace
-    if partner.id == DEFAULT_PARTNER and len(settings.partners) == 1:
+    if partner.id == DEFAULT_PARTNER:
         return namespace
     return f"{namespace}:partner={partner.id}"
 

@@ -231,12 +231,15 @@ class Gateway:
                 account.tokens.adopt(old.tokens)
         retired = [a for pid, a in running.items() if accounts.get(pid) is not a]
         outcome.update({pid: "removed" for pid in running if pid not in accounts})
+        grace = retire_grace(self.settings)  # the timeouts the retired accounts run with
         rotated = self._rotate_sessions(settings)
+        # Revocations made from now on must outlive the sessions the new settings issue.
+        self.revocations.lengthen(settings.sessions.ttl + settings.sessions.leeway)
         self._configure(settings, self.settings)
         self._accounts = accounts
         self._first = accounts[settings.partners[0].id]
         for account in retired:
-            self._retire(account, forget=account.id not in accounts)
+            self._retire(account, grace, forget=account.id not in accounts)
         for account in opened:
             self._warm(account)
         log.info("config_reloaded", partners=outcome, signing_key_rotated=rotated)
@@ -280,15 +283,13 @@ class Gateway:
         self.sessions = SessionAuthority(settings.sessions, retired=retired)
         return _kid(before) != _kid(settings.sessions)
 
-    def _retire(self, account: Account, *, forget: bool) -> None:
-        """Drop a replaced or removed account's tokens now; close it once requests that
-        started with it are done (a forwarded call is bounded by the read timeout)."""
+    def _retire(self, account: Account, grace: float, *, forget: bool) -> None:
+        """Drop a replaced or removed account's tokens now; close it *grace* seconds
+        later, once requests that started with it are done (see ``retire_grace``)."""
         dropped = account.tokens.evict_all()
         log.info("partner_account_retired", partner=account.id, tokens_dropped=dropped)
         if forget:
             self.metrics.forget_partner(account.id)
-        upstream = self.settings.upstream
-        grace = upstream.pool_wait + upstream.connect_timeout + upstream.read_timeout
 
         async def close_later() -> None:
             await asyncio.sleep(grace)
@@ -330,7 +331,8 @@ class Gateway:
         in every partner account (a customer id names no partner)."""
         self.revocations.revoke(customer_id, before)
         evicted = 0
-        until = before + self.settings.sessions.ttl + self.settings.sessions.leeway
+        # The longest a session refused here may still be presented, across reloads.
+        until = before + self.revocations.session_ttl
         for account in self._accounts.values():
             evicted += account.tokens.evict_customer(customer_id)
             shared = account.shared
@@ -390,6 +392,15 @@ async def _problem(account: Account) -> str | None:
     if isinstance(error, BrokerError):
         return f"partner token unavailable ({error.code})"
     return "partner token not yet obtained"
+
+
+def retire_grace(settings: Settings) -> float:
+    """How long a request that started with an account may still use it: a wait on the
+    mint budget, the mint, then the forwarded call. One still waiting past that (a
+    retried mint, a slow OAuth fetch first) gets a 503 when the account closes."""
+    upstream = settings.upstream
+    call = upstream.connect_timeout + upstream.read_timeout
+    return upstream.rate_limit_max_wait + call + upstream.pool_wait + call
 
 
 def _kid(sessions: SessionSettings) -> str:

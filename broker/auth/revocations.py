@@ -40,6 +40,17 @@ class Revocations:
         self._revoked[customer_id] = latest
         return before
 
+    @property
+    def session_ttl(self) -> float:
+        """How long after a revocation a session it refused may still be presented."""
+        return self._session_ttl
+
+    def lengthen(self, session_ttl: float) -> None:
+        """A reload changed how long sessions live (``ttl + leeway``). Never shorter:
+        sessions issued before a reload that shortened it keep their own ``exp``, and
+        one revoked must stay refused for as long as it could be presented."""
+        self._session_ttl = max(self._session_ttl, session_ttl)
+
     def empty(self) -> bool:
         """Whether no customer is revoked (the usual case): nothing to look up."""
         return not self._revoked

@@ -206,6 +206,17 @@ class Checker:
                 " chars)"
             )
 
+    def admin_workers(self, admin: AdminSettings, *, workers: int, backend: str) -> None:
+        """The admin API changes the memory of the one worker that answers it (a
+        revocation, a promote; the listing reads it): with several workers, only a
+        shared backend lets a revocation hold on all of them. Workers 0 is one per core."""
+        if admin.enabled and workers != 1 and backend != "redis":
+            self.problems.append(
+                "admin.enabled with server.workers > 1 needs a shared backend"
+                ' (cache.backend = "redis"): each worker has its own revocations (or set'
+                " server.workers = 1; 0 is one per core)"
+            )
+
     def metrics_token(self, value: str) -> str:
         if value and len(value) < MIN_ADMIN_KEY_LENGTH:
             self.problems.append(
@@ -272,11 +283,6 @@ def _public_key(data: bytes) -> ec.EllipticCurvePublicKey | None:
     return None
 
 
-def load_pem_public_key_or_none(pem: str) -> object | None:
-    try:
-        return load_pem_public_key(pem.encode())
-    except (ValueError, TypeError):
-        return None
 def key_algorithms(key: object) -> tuple[str, ...]:
     """The JWS algorithms *key* verifies, the one it defaults to first; none for a
     private key or a key of another kind."""
@@ -290,3 +296,8 @@ def key_algorithms(key: object) -> tuple[str, ...]:
     return ()
 
 
+def load_pem_public_key_or_none(pem: str) -> object | None:
+    try:
+        return load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):
+        return None

@@ -716,6 +716,7 @@ def _build(
         admin=admin,
         declared_partners=tuple(partners) if declared else (),
     )
+    check.admin_workers(admin, workers=settings.server.workers, backend=cache.backend)
     if problems:
         raise ConfigError(problems)
     return settings

@@ -32,7 +32,7 @@ from broker.observability.metrics import TIER_CHECKOUT, Metrics
 from broker.observability.tracing import Tracing, maybe_span
 from broker.tokens.budget import RateBudget
 from broker.tokens.coordination import LocalCoordinator, MintCoordinator
-from broker.tokens.partner import PartnerToken
+from broker.tokens.partner import PartnerToken, joined
 from broker.tokens.schedule import RefreshSchedule
 from broker.tokens.store import TokenStore
 from broker.upstream.partner_api import (
@@ -190,7 +190,7 @@ class CheckoutTokens:
         else:
             outcome = COALESCED
         try:
-            token = await asyncio.shield(task)
+            token = await joined(task)
         except BrokerError:
             self._outcomes[FAILED].inc()
             raise

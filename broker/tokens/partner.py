@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from broker.credentials import margin_for
 from broker.errors import BrokerError, CredentialsRejected, ServiceUnavailable
@@ -23,6 +23,27 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 # The OAuth token lives an hour; renew it a minute early at most.
 REFRESH_MARGIN = 60.0
+# What a request waiting on a fetch or mint that its account's close cancelled is told:
+# by then a reload has put the account's successor in place, which serves the retry.
+CLOSED_RETRY_AFTER = 1.0
+
+T = TypeVar("T")
+
+
+async def joined(task: asyncio.Task[T]) -> T:
+    """*task*'s result, shielded: a waiter that is cancelled (its client went away) does
+    not cancel it for the others. When *task* itself was cancelled, by the close of an
+    account a reload retired, ServiceUnavailable: the waiter answers 503 with
+    Retry-After, where a CancelledError would have dropped its connection."""
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        waiter = asyncio.current_task()
+        if task.cancelled() and (waiter is None or not waiter.cancelling()):
+            raise ServiceUnavailable(
+                "partner account closed", retry_after=CLOSED_RETRY_AFTER
+            ) from None
+        raise
 
 
 class PartnerTokenShare(Protocol):
@@ -97,7 +118,7 @@ class PartnerToken:
         else:
             outcome, task = "coalesced", self._inflight
         try:
-            token = await asyncio.shield(task)
+            token = await joined(task)
         except BrokerError:
             self._metrics.token_lookups.labels(
                 partner=self._metrics.partner, tier=TIER_PARTNER, outcome="failed"

@@ -50,3 +50,25 @@ def test_the_table_is_bounded_expired_entries_first() -> None:
     revoked.revoke("d")  # full of live ones: the oldest ("a") goes
     assert not revoked.revoked("a", issued_at=clock.now)
     assert all(revoked.revoked(name, issued_at=clock.now) for name in ("b", "c", "d"))
+
+
+def test_a_lengthened_session_ttl_keeps_revocations_until_the_longer_lifetime() -> None:
+    clock = Clock()
+    revoked = Revocations(session_ttl=60, clock=clock)
+    revoked.lengthen(600)  # a reload: sessions now live 600 s
+    revoked.revoke("cus_1")
+    clock.now += 61
+    assert revoked.revoked("cus_1", issued_at=999)
+    clock.now += 539
+    assert not revoked.revoked("cus_1", issued_at=999)
+
+
+def test_a_shortened_session_ttl_never_shortens_revocations() -> None:
+    """Sessions issued before the reload keep their own (longer) ``exp``."""
+    clock = Clock()
+    revoked = Revocations(session_ttl=600, clock=clock)
+    revoked.lengthen(60)
+    assert revoked.session_ttl == 600
+    revoked.revoke("cus_1")
+    clock.now += 599
+    assert revoked.revoked("cus_1", issued_at=999)
