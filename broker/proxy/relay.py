@@ -144,7 +144,12 @@ Fields = list[tuple[str, str]]
 
 def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> Fields:
     """The upstream's fields the browser may see, as pairs: aiohttp's response makes its
-    own multidict of them in one call (a multidict built here would be copied)."""
+    own multidict of them in one call (a multidict built here would be copied).
+
+    The values are copied unchecked: aiohttp's writer refuses a control character (and
+    drops the connection once the answer is committed), so no head with one gets this
+    far. The transports answer it with UpstreamProtocolError (502): llhttp refuses it on
+    lean, ``transport._head_problem`` on aiohttp, whose client parser lets it through."""
     named = connection_tokens(upstream)
     fields = [
         (name, value)
@@ -197,7 +202,9 @@ async def relay_response(
         raise GatewayTimeout("upstream body timed out") from exc
     except (aiohttp.ClientError, UpstreamProtocolError) as exc:
         raise BadGateway("upstream body broken") from exc
-    return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+    # No reason=: the standard phrase. The upstream's is its own text, not the contract,
+    # and a control character in it would make aiohttp refuse to write the status line.
+    return web.Response(status=upstream.status, headers=headers, body=body)
 
 
 async def stream_back(
@@ -207,7 +214,7 @@ async def stream_back(
     request_id: str,
     cors: CorsPolicy | None,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response = web.StreamResponse(status=upstream.status, headers=headers)  # standard phrase
     if upstream.content_length is not None:  # else chunked, or to EOF on HTTP/1.0
         response.content_length = upstream.content_length
     # Prepared here, so finished here: the front door sees this response only once sent.

@@ -10,7 +10,7 @@ import aiohttp
 
 from broker.config.model import UpstreamSettings
 from broker.errors import BadGateway, BrokerError, GatewayTimeout, ServiceUnavailable
-from broker.headers import ACCEPT_ENCODING, CONTENT_TYPE, USER_AGENT
+from broker.headers import ACCEPT, ACCEPT_ENCODING, CONTENT_TYPE, USER_AGENT
 from broker.observability.metrics import Metrics
 from broker.upstream.transport import (
     UpstreamBusy,
@@ -42,7 +42,9 @@ def open_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
         ),
         auto_decompress=False,  # relay bytes as sent; keeps Content-Length true
         cookie_jar=aiohttp.DummyCookieJar(),  # never share cookies across callers
-        skip_auto_headers=(USER_AGENT, ACCEPT_ENCODING, CONTENT_TYPE),
+        # Forwarded fields are an exact allowlist: aiohttp adds none of its own (an
+        # absent Accept would go out as */*); PartnerApi sets the ones it means.
+        skip_auto_headers=(ACCEPT, USER_AGENT, ACCEPT_ENCODING, CONTENT_TYPE),
         trust_env=False,  # HTTP(S)_PROXY must not silently reroute payment traffic
         raise_for_status=False,
     )

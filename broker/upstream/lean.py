@@ -35,10 +35,17 @@ __all__ = ["LeanResponse", "LeanTransport", "Slots"]
 # Kept-alive connections unused this long are closed (aiohttp's keepalive_timeout is 30 s
 # in open_session too); most servers drop theirs after 60 s or more.
 IDLE_TIMEOUT = 30.0
+# After close, how long answers still streaming may go on before their connections are
+# aborted: a reload retires an account with its downloads in flight, and read_timeout
+# bounds only silence, so an answer that keeps coming needs a bound of its own.
+DRAIN_LIMIT = 300.0
 # Framing is the transport's business; a caller's value would desynchronise the stream.
 _OWN_FIELDS: Final = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_TARGET: Final = re.compile(r"[\x00-\x20\x7f]")
+# RFC 9110 §8.6: methods whose content has a meaning say how long it is, even empty
+# (some front ends answer 411 otherwise). The proxy passes body=None for an empty one.
+_CONTENT_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
 
 def _judge_field(name: str) -> bool:
@@ -95,6 +102,7 @@ class LeanTransport:
         base_url: URL | None = None,
         ssl_context: ssl.SSLContext | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        drain_limit: float = DRAIN_LIMIT,
     ) -> None:
         base = settings.base_url if base_url is None else base_url  # a partner's upstream
         host_field = base.host_port_subcomponent
@@ -107,6 +115,7 @@ class LeanTransport:
         self._connect_timeout = settings.connect_timeout
         self._read_timeout = settings.read_timeout
         self._idle_timeout = idle_timeout
+        self._drain_limit = drain_limit
         # Counts requests in flight, so connections (busy + idle) never exceed the bound:
         # a new one is opened only when no idle one is left.
         self._slots = Slots(settings.max_connections)
@@ -116,6 +125,7 @@ class LeanTransport:
         self._open: set[UpstreamConnection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self._drain_cutoff: asyncio.TimerHandle | None = None
 
     async def send(
         self,
@@ -144,15 +154,30 @@ class LeanTransport:
         return LeanResponse(self, conn, holder)
 
     async def close(self) -> None:
+        """Take no more requests and close the idle connections; a busy one finishes
+        its exchange and is closed when released (requests in flight finish with what
+        they started with, docs/partners.md), or is aborted after ``drain_limit``."""
         self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        self._idle.clear()
-        for conn in self._open:
-            conn.abort()
-        self._open.clear()
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)
+        if self._open:
+            self._arm_drain_cutoff()
         await asyncio.sleep(0)  # let connection_lost run, so sockets close before the loop
+
+    def _arm_drain_cutoff(self) -> None:
+        if self._drain_cutoff is None:
+            loop = asyncio.get_running_loop()
+            self._drain_cutoff = loop.call_later(self._drain_limit, self._abort_open)
+
+    def _abort_open(self) -> None:
+        self._drain_cutoff = None
+        for conn in self._open:
+            conn.abort()  # its reader gets an UpstreamProtocolError (a cut stream)
+        self._open.clear()
 
     def give_back(self, conn: UpstreamConnection, holder: str = "") -> None:
         """Pool *conn* if its exchange ended cleanly, else close it; free its slots."""
@@ -188,8 +213,10 @@ class LeanTransport:
         joined = "\t".join(values)
         if "\r" in joined or "\n" in joined or "\x00" in joined:
             raise ValueError("header value with unsafe characters")
-        if body is not None:  # also 0 for an empty POST: never chunked on our side
+        if body is not None:  # never chunked on our side
             parts.append(f"Content-Length: {len(body)}\r\n")
+        elif method in _CONTENT_METHODS:
+            parts.append("Content-Length: 0\r\n")
         parts.append("\r\n")
         head = "".join(parts).encode("utf-8", "surrogateescape")
         return head + body if body else head
@@ -241,6 +268,8 @@ class LeanTransport:
         except OSError as exc:  # refused, unreachable, DNS, TLS verification
             raise UpstreamUnreachable(f"cannot connect to the upstream: {exc}") from exc
         self._open.add(conn)
+        if self._closed:  # for a request that was waiting for a slot as we closed
+            self._arm_drain_cutoff()
         return conn
 
     def _discard(self, conn: UpstreamConnection) -> None:
@@ -249,6 +278,9 @@ class LeanTransport:
             conn.close()  # e.g. "Connection: close" or an unread body: a clean FIN
         else:
             conn.abort()
+        if self._drain_cutoff is not None and not self._open:
+            self._drain_cutoff.cancel()  # the last busy connection after close
+            self._drain_cutoff = None
 
     def _arm_sweeper(self) -> None:
         oldest = self._idle[0].idle_since

@@ -15,7 +15,12 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from broker.headers import CONTENT_LENGTH, TRANSFER_ENCODING
-from broker.upstream.transport import MAX_RESPONSE_HEAD, UpstreamProtocolError, UpstreamReset
+from broker.upstream.transport import (
+    MAX_RESPONSE_HEAD,
+    NO_BODY_STATUSES,
+    UpstreamProtocolError,
+    UpstreamReset,
+)
 
 # Status line and header fields: the bound both transports keep (aiohttp's client also
 # allows 8 KiB per line); a proxy relaying one JSON API does not need more in total.
@@ -27,7 +32,6 @@ MAX_FRAMING: Final = 64 * 1024
 # upstream is slowed down to the caller's pace instead of filling our memory.
 HIGH_WATER: Final = 256 * 1024
 LOW_WATER: Final = 64 * 1024
-_NO_BODY_STATUSES: Final = frozenset({204, 304})
 _NO_HEADERS: Final[CIMultiDictProxy[str]] = CIMultiDictProxy(CIMultiDict())
 
 
@@ -296,6 +300,8 @@ class UpstreamConnection(asyncio.Protocol):
         parser = self._parser
         status = parser.get_status_code()
         if status < 200:  # 100 Continue, 103 Early Hints: wait for the final answer
+            if status < 100:  # llhttp takes any three digits: 099 is no interim answer
+                raise UpstreamProtocolError(f"status {status} is no HTTP status")
             self._reason, self._fields = b"", []
             return
         headers = CIMultiDictProxy(CIMultiDict(self._fields))
@@ -303,7 +309,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason = self._reason.decode("utf-8", "surrogateescape")
         # Only after the headers: llhttp resets its flags once the message is complete.
         self._keep_alive = parser.should_keep_alive() and parser.get_http_version() == "1.1"
-        if self._head_only or status in _NO_BODY_STATUSES:
+        if self._head_only or status in NO_BODY_STATUSES:
             # Whatever Content-Length says, no body follows; without one, None as aiohttp.
             self.content_length = 0 if CONTENT_LENGTH in headers else None
             if self._head_only:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import deque
 from collections.abc import Mapping
 from typing import Final, Protocol
@@ -20,6 +21,9 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from broker.bounded import memo
+from broker.headers import CONTENT_LENGTH
+
 STREAM_CHUNK = 64 * 1024
 # RFC 9110 §9.2.2: safe to send again when a connection died before answering.
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
@@ -27,6 +31,13 @@ IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"
 STANDARD_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Response head (status line and fields) at most this large on either transport.
 MAX_RESPONSE_HEAD: Final = 32 * 1024
+# RFC 9112 §6.3: answers that end at their head, whatever their Content-Length says.
+NO_BODY_STATUSES: Final = frozenset({204, 304})
+# What llhttp (the lean transport's parser) requires of a response head and aiohttp's
+# lenient client parser does not: field names that are tokens (RFC 9110 §5.6.2) and
+# values without a CTL but HTAB (§5.5).
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CTL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class TransportError(Exception):
@@ -197,9 +208,16 @@ class AiohttpResponse:
 
     @property
     def content_length(self) -> int | None:
-        return self._response.content_length
+        response = self._response
+        if response.status in NO_BODY_STATUSES or response.method == "HEAD":
+            # No body follows (aiohttp's parser reads none): 0, not the field's value,
+            # or relay_response would wait for bytes that never come. As lean does.
+            return 0 if CONTENT_LENGTH in response.headers else None
+        return response.content_length
 
     async def read_exactly(self, size: int) -> bytes:
+        if not size:  # a 204's payload is aiohttp's EmptyStreamReader, which raises here
+            return b""
         try:
             return await self._response.content.readexactly(size)
         except asyncio.IncompleteReadError as exc:
@@ -260,10 +278,11 @@ class AiohttpTransport:
         except BaseException:
             self.give_back(holder)
             raise
-        if _head_size(response) > MAX_RESPONSE_HEAD:
+        problem = _head_problem(response)
+        if problem is not None:
             response.close()
             self.give_back(holder)
-            raise UpstreamProtocolError("response head over the limit")
+            raise UpstreamProtocolError(problem)
         return AiohttpResponse(response, self, holder)
 
     def give_back(self, holder: str) -> None:
@@ -274,8 +293,31 @@ class AiohttpTransport:
         return None  # the session belongs to the gateway, which closes it
 
 
-def _head_size(response: aiohttp.ClientResponse) -> int:
+def _is_token(name: bytes) -> bool:
+    return _TOKEN.fullmatch(name) is not None
+
+
+def _short(name: bytes) -> bool:
+    return len(name) <= 64
+
+
+# Field names repeat on every answer: each is judged once (the upstream chooses them,
+# so only short ones are kept: the memo stays small).
+_token_name: Final = memo(_is_token, 1024, keep=_short)
+
+
+def _head_problem(response: aiohttp.ClientResponse) -> str | None:
+    """Why the head must not be used, or None: the rules llhttp holds the lean transport
+    to, so that both transports refuse the same heads. ``Content-Length : 2`` above all
+    (RFC 9112 §5.1: MUST be refused): aiohttp takes it for another field and reads the
+    body to EOF, a framing desync."""
     size = len(response.reason or "") + 16
     for name, value in response.raw_headers:
         size += len(name) + len(value) + 4
-    return size
+        if not _token_name(name):
+            return "a response field name that is no token"
+        if _CTL.search(value):
+            return "a control character in a response field value"
+    if size > MAX_RESPONSE_HEAD:
+        return "response head over the limit"
+    return None

@@ -178,7 +178,11 @@ async def proxy(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     upstream = await account.forwarder.forward(request, exchange, session.key, url, body)
     try:
         status = upstream.status
-        if status >= 300:
+        if not 200 <= status < 300:  # the usual 2xx costs this one chained comparison
+            if not 200 <= status < 600:
+                # A 1xx as the final answer (aiohttp returns a 101) or no HTTP status
+                # at all: nothing a browser could be sent, nor the broker's to copy.
+                raise BadGateway(f"upstream answered status {status}")
             if status < 400:
                 raise BadGateway(f"upstream redirected ({status})")
             if status >= 500:  # its body is the upstream's internals: ours instead

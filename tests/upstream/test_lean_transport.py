@@ -7,9 +7,11 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from cryptography import x509
@@ -116,6 +118,7 @@ async def make_upstream() -> AsyncIterator[MakeUpstream]:
         ssl_client: ssl.SSLContext | None = None,
         host: str = "127.0.0.1",
         idle_timeout: float = 30.0,
+        drain_limit: float = 5.0,
         read_body: bool = True,
         **overrides: Any,
     ) -> tuple[RawUpstream, LeanTransport]:
@@ -132,7 +135,9 @@ async def make_upstream() -> AsyncIterator[MakeUpstream]:
             pool_wait=overrides.pop("pool_wait", 1.0),
             transport="lean",
         )
-        lean = LeanTransport(settings, ssl_context=ssl_client, idle_timeout=idle_timeout)
+        lean = LeanTransport(
+            settings, ssl_context=ssl_client, idle_timeout=idle_timeout, drain_limit=drain_limit
+        )
         made.append((upstream, lean))
         return upstream, lean
 
@@ -203,6 +208,21 @@ async def test_get_without_body_sends_no_content_length(make_upstream: MakeUpstr
     upstream, lean = await make_upstream(answer(OK))
     assert await get(lean) == b"ok"
     assert [n for n, _ in upstream.requests[0].fields] == ["Host"]
+
+
+@pytest.mark.parametrize(
+    ("method", "sent"),
+    [("POST", True), ("PUT", True), ("PATCH", True), ("DELETE", False), ("GET", False)],
+)
+async def test_a_method_with_content_says_content_length_0_without_a_body(
+    make_upstream: MakeUpstream, method: str, sent: bool
+) -> None:
+    """The proxy passes body=None for an empty body (RFC 9110 §8.6: a POST, PUT or
+    PATCH still says how long its content is)."""
+    upstream, lean = await make_upstream(answer(OK))
+    assert await get(lean, method=method) == b"ok"
+    fields = upstream.requests[0].fields
+    assert fields == [("Host", lean._host_field), ("Content-Length", "0")][: 2 if sent else 1]
 
 
 async def test_unsafe_request_fields_are_refused_before_any_byte_is_sent(
@@ -664,6 +684,55 @@ async def test_close_closes_pooled_connections(make_upstream: MakeUpstream) -> N
         await lean.send("GET", url(lean), {}, None)
 
 
+def streaming(parts: int, pause: float) -> Respond:
+    """A chunked answer of *parts* parts of 1000 bytes, *pause* seconds apart."""
+
+    async def respond(_request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(parts):
+            writer.write(b"3e8\r\n" + b"x" * 1000 + b"\r\n")
+            await writer.drain()
+            await asyncio.sleep(pause)
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    return respond
+
+
+async def test_close_lets_an_answer_in_flight_finish(make_upstream: MakeUpstream) -> None:
+    """A reload retires an account while its answers stream: they finish, and their
+    connection closes once released; idle ones close at once."""
+    upstream, lean = await make_upstream(streaming(5, 0.1))
+    idle = await lean.send("GET", url(lean), {}, None)
+    busy = await lean.send("GET", url(lean), {}, None)
+    assert len(await read_all(idle)) == 5000
+    idle.release()  # pooled: closed by close()
+    await lean.close()
+    await asyncio.wait_for(upstream.ended.wait(), 1.0)
+    assert upstream.open == 1
+    upstream.ended.clear()
+    assert len(await read_all(busy)) == 5000
+    busy.release()
+    await asyncio.wait_for(upstream.ended.wait(), 1.0)
+    assert upstream.open == 0
+    with pytest.raises(UpstreamUnreachable):
+        await lean.send("GET", url(lean), {}, None)
+
+
+async def test_an_answer_still_streaming_after_the_drain_limit_is_cut(
+    make_upstream: MakeUpstream,
+) -> None:
+    _, lean = await make_upstream(streaming(50, 0.1), drain_limit=0.3)
+    response = await lean.send("GET", url(lean), {}, None)
+    loop = asyncio.get_running_loop()
+    await lean.close()
+    started = loop.time()
+    with pytest.raises(UpstreamProtocolError):
+        await read_all(response)
+    assert 0.25 < loop.time() - started < 1.0
+    response.release()
+
+
 async def test_interim_answers_are_skipped(make_upstream: MakeUpstream) -> None:
     raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK
     upstream, lean = await make_upstream(answer(raw))
@@ -674,6 +743,17 @@ async def test_interim_answers_are_skipped(make_upstream: MakeUpstream) -> None:
     response.release()
     assert await get(lean) == b"ok"
     assert upstream.connections == 1
+
+
+@pytest.mark.parametrize("status", [b"000", b"099"])
+async def test_a_status_under_100_is_a_protocol_error_not_an_interim_answer(
+    make_upstream: MakeUpstream, status: bytes
+) -> None:
+    """llhttp reads any three digits; only 1xx is interim (099 was waited past until
+    the read timeout)."""
+    _, lean = await make_upstream(answer(b"HTTP/1.1 " + status + b" X\r\n\r\n" + OK))
+    with pytest.raises(UpstreamProtocolError, match="no HTTP status"):
+        await lean.send("GET", url(lean), {}, None)
 
 
 @pytest.mark.parametrize("status", [204, 304])
@@ -699,6 +779,27 @@ async def test_a_head_answer_has_no_body(make_upstream: MakeUpstream) -> None:
     assert await response.read_exactly(0) == b""
     assert await response.next_chunk() == b""
     response.release()
+
+
+@pytest.mark.parametrize(("method", "status"), [("GET", 204), ("GET", 304), ("HEAD", 200)])
+async def test_the_aiohttp_transport_has_no_body_where_none_follows(
+    method: str, status: int
+) -> None:
+    """As on lean: 0 whatever Content-Length says (RFC 9112 §6.3). aiohttp's response
+    reported the field, and the relay waited for 10 bytes that never come: 502."""
+    upstream = RawUpstream(answer(b"HTTP/1.1 %d X\r\nContent-Length: 10\r\n\r\n" % status))
+    port = await upstream.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            transport = AiohttpTransport(session)
+            response = await transport.send(method, URL(f"http://127.0.0.1:{port}/x"), {}, None)
+            assert (response.status, response.content_length) == (status, 0)
+            assert await response.read_exactly(0) == b""
+            response.release()
+    finally:
+        assert upstream.server is not None
+        upstream.server.close()
+        await upstream.server.wait_closed()
 
 
 async def test_a_redirect_is_returned_not_followed(make_upstream: MakeUpstream) -> None:
@@ -925,6 +1026,42 @@ async def test_answers_keep_their_length_and_carry_one_request_id(
     assert response.headers.getall("Cache-Control") == ["no-store"]
     assert response.headers["Content-Type"] == "application/pdf"
     assert await response.read() == body
+
+
+@pytest.mark.slow
+@pytest.mark.forwarding
+async def test_a_stream_in_flight_survives_a_reload_that_replaces_its_account(
+    make_broker: MakeBroker, sandbox: Sandbox, aiohttp_raw_server: AiohttpRawServer
+) -> None:
+    """The retired account is closed after pool_wait + connect_timeout + read_timeout
+    (3 s here), but read_timeout bounds silence only: an answer that keeps coming (4.8 s
+    here) outlasts it. Lean's close cut it mid-body; now it finishes, as on aiohttp."""
+    parts, pause = 12, 0.4
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        if not request.path.startswith("/checkout/"):
+            return await sandbox.delegate(request)
+        response = web.StreamResponse(headers={"Content-Type": "application/pdf"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(parts):
+            await response.write(b"x" * 1000)
+            await asyncio.sleep(pause)
+        await response.write_eof()
+        return response
+
+    raw = await aiohttp_raw_server(handler)
+    client = await make_broker(make_settings(raw.make_url(""), read_timeout=1.0))
+    gateway = client.app[gateway_key]
+    session = await new_session(client)
+    response = await client.get("/checkout/invoice/pdf-link", headers=auth(session))
+    assert response.status == 200
+    settings = gateway.settings
+    outcome = await gateway.reload(
+        replace(settings, tokens=replace(settings.tokens, refresh_margin=30.0))
+    )
+    assert outcome.partners == {"default": "replaced"}
+    assert len(await response.read()) == parts * 1000  # ClientPayloadError when cut
 
 
 @pytest.mark.forwarding
