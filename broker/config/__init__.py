@@ -1,7 +1,7 @@
 """Configuration: the settings model (one declaration per key), where values come from
 (TOML, environment, secret files), and the checks that turn them into typed settings."""
 
-from broker.config.checks import Checker
+from broker.config.checks import Checker, key_algorithms
 from broker.config.listen import Address, CannotListen
 from broker.config.model import (
     DEFAULT_PARTNER,
@@ -35,6 +35,7 @@ __all__ = [
     "SessionSettings",
     "Settings",
     "UpstreamSettings",
+    "key_algorithms",
     "load_settings",
     "redacted_values",
     "unknown_environment",
