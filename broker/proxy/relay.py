@@ -32,6 +32,7 @@ from broker.headers import (
     USER_AGENT,
 )
 from broker.observability.exchange import Exchange
+from broker.proxy.answer import Answer
 from broker.proxy.cors import CorsPolicy
 from broker.proxy.finishing import finish_headers
 from broker.upstream.transport import (
@@ -184,9 +185,10 @@ async def read_body(request: web.Request, limit: int, within: float) -> bytes | 
 async def relay_response(
     request: web.Request, upstream: UpstreamResponse, request_id: str, cors: CorsPolicy | None
 ) -> web.StreamResponse:
-    """Send the upstream's answer: small bodies in one write, large ones streamed. (A
-    small one leaves the request id and CORS to the front door, as every answer does;
-    a stream's headers are sent here, before the front door sees the response.)"""
+    """Send the upstream's answer: small bodies whole, as an Answer (one write), large
+    ones streamed. (A small one leaves the request id and CORS to the front door, as
+    every answer does; a stream's headers are sent here, before the front door sees the
+    response.)"""
     headers = downstream_response_headers(upstream.headers)
     if upstream.status == 429 and RETRY_AFTER not in upstream.headers:
         # The SDK waits Retry-After seconds before it retries; without one it retries at once.
@@ -202,9 +204,9 @@ async def relay_response(
         raise GatewayTimeout("upstream body timed out") from exc
     except (aiohttp.ClientError, UpstreamProtocolError) as exc:
         raise BadGateway("upstream body broken") from exc
-    # No reason=: the standard phrase. The upstream's is its own text, not the contract,
+    # No reason: the standard phrase. The upstream's is its own text, not the contract,
     # and a control character in it would make aiohttp refuse to write the status line.
-    return web.Response(status=upstream.status, headers=headers, body=body)
+    return Answer(body, status=upstream.status, headers=headers)
 
 
 async def stream_back(

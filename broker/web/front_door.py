@@ -46,6 +46,7 @@ from broker.headers import (
 from broker.observability.exchange import UNMATCHED, Exchange, logged_path
 from broker.observability.logs import get_logger, request_id_var
 from broker.observability.tracing import Span, Tracing
+from broker.proxy.answer import Answer, json_answer
 from broker.proxy.finishing import finish_headers
 from broker.proxy.throttle import client_ip
 from broker.upstream.transport import STANDARD_METHODS
@@ -204,7 +205,8 @@ def _describe(span: Span, exchange: Exchange) -> None:
 class FrontDoor:
     """A listener's front door (``front_door``) that remembers every handler it wrapped,
     so that its app refuses to start with a route added around it: such a route would
-    answer without a request id, the error shape, metrics or the per-IP limit."""
+    answer without a request id, the error shape, metrics or the per-IP limit. Nor does
+    it start with an ``on_response_prepare`` handler, which an Answer is never shown."""
 
     def __init__(self, gateway: Gateway, *, public: bool) -> None:
         self._wrap = front_door(gateway, public=public)
@@ -221,6 +223,9 @@ class FrontDoor:
         app.on_startup.insert(0, self._refuse_routes_around_it)
 
     async def _refuse_routes_around_it(self, app: web.Application) -> None:
+        if app.on_response_prepare:
+            # Its refusals (and the relayed answers) are Answers, which it would not see.
+            raise RuntimeError("on_response_prepare is not run for the front door's answers")
         around = [
             f"{route.method} {route.resource.canonical if route.resource else '?'}"
             for route in app.router.routes()
@@ -284,7 +289,7 @@ async def _unmatched(request: web.Request) -> web.StreamResponse:
     raise NotFound()
 
 
-def _refusal(request: web.Request, exc: Exception, gateway: Gateway) -> web.Response:
+def _refusal(request: web.Request, exc: Exception, gateway: Gateway) -> Answer:
     """The upstream-shaped error for whatever refused the request (called while *exc*
     is being handled); re-raised when headers went out already or it is no error."""
     if isinstance(exc, BrokerError):
@@ -334,7 +339,7 @@ def remote_address(request: web.Request, gateway: Gateway) -> str:
     return client_ip(request.remote, request.headers.getall("X-Forwarded-For", []), trusted)
 
 
-def error_response(request: web.Request, exc: BrokerError, gateway: Gateway) -> web.Response:
+def error_response(request: web.Request, exc: BrokerError, gateway: Gateway) -> Answer:
     exchange = request.get(exchange_key)
     if exchange is not None:
         exchange.error_code = exc.code
@@ -349,7 +354,7 @@ def error_response(request: web.Request, exc: BrokerError, gateway: Gateway) -> 
     return shaped_error(exc)
 
 
-def shaped_error(exc: BrokerError) -> web.Response:
+def shaped_error(exc: BrokerError) -> Answer:
     """*exc* in the upstream's error shape, with the headers its status calls for."""
     headers = {CACHE_CONTROL: "no-store"}
     if exc.retry_after is not None:
@@ -358,7 +363,7 @@ def shaped_error(exc: BrokerError) -> web.Response:
         headers[WWW_AUTHENTICATE] = 'Bearer error="invalid_token"'
     elif isinstance(exc, MethodNotAllowed):  # RFC 9110 §15.5.6: a 405 names what is allowed
         headers[ALLOW] = ", ".join(exc.allowed)
-    return web.json_response(exc.body(), status=exc.status, headers=headers)
+    return json_answer(exc.body(), status=exc.status, headers=headers)
 
 
 def _from_http_exception(exc: web.HTTPException) -> BrokerError:

@@ -34,6 +34,7 @@ from broker.errors import (
 from broker.gateway import Gateway
 from broker.observability.exchange import UNMATCHED
 from broker.observability.logs import request_id_var
+from broker.proxy.answer import Answer
 from broker.proxy.finishing import finish_headers
 from broker.web.front_door import new_request_id, shaped_error
 from broker.web.keys import exchange_key, gateway_key, proxy_routes_key
@@ -105,7 +106,7 @@ class _GatewayServer(web.Server):
     async def refuse(self, request: web.BaseRequest, error: BrokerError) -> web.StreamResponse:
         return self.answer(request, error)
 
-    def answer(self, request: web.BaseRequest, error: BrokerError) -> web.Response:
+    def answer(self, request: web.BaseRequest, error: BrokerError) -> Answer:
         """*error* as the front door would answer it, for a request it did not see."""
         exchange = request.get(exchange_key)  # set when the front door saw the request
         request_id = new_request_id() if exchange is None else exchange.request_id

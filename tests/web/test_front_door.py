@@ -1,4 +1,5 @@
-"""Every route goes through the front door: an app with one added around it won't start."""
+"""Every route goes through the front door: an app with one added around it won't start,
+nor one with an ``on_response_prepare`` handler its answers would skip."""
 
 from __future__ import annotations
 
@@ -38,6 +39,23 @@ async def test_the_admin_app_refuses_one_too(sandbox: Sandbox) -> None:
     runner = web.AppRunner(admin)
     try:
         with pytest.raises(RuntimeError, match=r"POST /admin/v1/backdoor"):
+            await runner.setup()
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_on_response_prepare_handler_stops_the_app_starting(sandbox: Sandbox) -> None:
+    """The front door's answers (broker.proxy.answer) are written without that signal:
+    a handler for it, a security header say, would silently miss them."""
+
+    async def stamp(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-Stamp"] = "1"
+
+    app = create_app(make_settings(sandbox.url), registry=CollectorRegistry())
+    app.on_response_prepare.append(stamp)
+    runner = web.AppRunner(app)
+    try:
+        with pytest.raises(RuntimeError, match="on_response_prepare"):
             await runner.setup()
     finally:
         await runner.cleanup()
