@@ -3,7 +3,7 @@ and the broker's own errors, nearly every answer the public listener sends.
 
 aiohttp's ``web.Response`` takes a dozen Python calls to get out (its constructor and
 body setter, ``prepare``, two ``_start``, ``_prepare_headers``, ``_write_headers``,
-three ``write_eof``): ~12 % of the instructions of a proxied request in the image's
+three ``write_eof``): ~10 % of the instructions of a proxied request in the image's
 build (bench/instructions.py). An Answer knows its whole body when it is made, so its
 ``prepare`` frames it and writes it through the request's own writer (aiohttp's
 StreamWriter: its header serializer, which refuses CR and LF in a field, its byte
