@@ -63,6 +63,13 @@ class Checker:
             self.problems.append(f"{name}: must be an absolute URL path, got {value!r}")
         return value
 
+    def namespace(self, value: str) -> str:
+        # A declared partner's keys live under "<namespace>:partner=<id>": with "=" in
+        # a namespace, one broker's default keys could be another's partner's.
+        if "=" in value:
+            self.problems.append(f"cache.namespace: must not contain '=', got {value!r}")
+        return value
+
     def prefixes(self, values: list[str]) -> tuple[str, ...]:
         if not values:
             self.problems.append("upstream.proxy_prefixes: at least one prefix is required")

@@ -338,7 +338,12 @@ class CacheSettings:
         key((), name="decryption_keys", secret=True, doc="older keys still accepted (secret)"),
         attribute_default=(),
     )
-    namespace: str = setting("token-broker", required=True, doc="prefix of every Redis key")
+    namespace: str = setting(
+        "token-broker",
+        required=True,
+        parse=lambda check, value: check.namespace(value),
+        doc="prefix of every Redis key",
+    )
     redis_timeout: float = setting(
         0.25, minimum=0.01, maximum=10.0, doc="seconds; a slower Redis counts as down"
     )

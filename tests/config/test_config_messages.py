@@ -148,3 +148,13 @@ def test_unknown_broker_variables_are_found_with_the_closest_setting() -> None:
         ("BROKER_SERVER_PROT", "BROKER_SERVER_PORT"),
         ("BROKER_UPSTREAM_CLIENT_SECRET_FIEL", "BROKER_UPSTREAM_CLIENT_SECRET_FILE"),
     ]
+
+
+def test_a_redis_namespace_with_an_equals_sign_is_refused(tmp_path: Path) -> None:
+    """Partners' keys are "<namespace>:partner=<id>:...": a namespace "x:partner=beta"
+    would give one broker's default account another's keys of partner beta."""
+    body = GOOD + '[cache]\nnamespace = "x:partner=beta"\n'
+    assert problems_of(write_config(tmp_path, body)) == [
+        "cache.namespace: must not contain '=', got 'x:partner=beta'"
+    ]
+    load_settings(write_config(tmp_path, GOOD + '[cache]\nnamespace = "prod:broker"\n'), {})
