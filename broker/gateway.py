@@ -28,7 +28,7 @@ from broker.auth.sessions import (
 )
 from broker.config.model import SessionSettings, Settings
 from broker.credentials import customer_of
-from broker.errors import BrokerError
+from broker.errors import BrokerError, ServiceUnavailable
 from broker.observability.logs import get_logger
 from broker.observability.metrics import Metrics
 from broker.observability.tracing import Tracing
@@ -333,13 +333,21 @@ class Gateway:
         evicted = 0
         # The longest a session refused here may still be presented, across reloads.
         until = before + self.revocations.session_ttl
-        for account in self._accounts.values():
+        accounts = list(self._accounts.values())
+        for account in accounts:  # here first, in every account, whatever Redis does
             evicted += account.tokens.evict_customer(customer_id)
+        unshared: ServiceUnavailable | None = None
+        for account in accounts:
             shared = account.shared
-            if shared is not None:
-                # Every replica; a ServiceUnavailable (503) tells the operator if not shared.
+            if shared is None:
+                continue
+            try:  # every replica
                 await shared.revoke_sessions(customer_id, before, until)
                 await shared.publish_eviction(customer_id)
+            except ServiceUnavailable as exc:  # the others' Redis may still answer
+                unshared = unshared or exc
+        if unshared is not None:
+            raise unshared  # a 503 tells the operator the revocation is not shared
         return evicted
 
     def readiness_notes(self) -> list[str]:

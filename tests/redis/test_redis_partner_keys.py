@@ -8,18 +8,22 @@ shared revocations every replica reads). A declared partner's keys are
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from broker.accounts import redis_namespace
 from broker.config.model import CacheSettings, PartnerSettings, Settings
 from broker.credentials import token_key
+from broker.errors import ServiceUnavailable
 from broker.gateway import Gateway
 from broker.web.keys import gateway_key
 from tests.conftest import MakeBroker, MakeSandbox, new_session
@@ -28,6 +32,7 @@ from tests.partners.test_partners import KEY_B, partner
 from tests.redis.conftest import MakeBackend
 from tests.redis.processes import RedisServer
 from tests.redis.test_redis_coordinator import Minter
+from tests.redis.test_redis_degraded import own_redis
 
 
 def _default(sandbox: Sandbox) -> PartnerSettings:
@@ -110,3 +115,37 @@ async def test_a_revocation_survives_a_reload_that_adds_a_partner(
     assert outcome.partners == {"default": "kept", "beta": "added"}
     response = await second.get("/checkout/invoice", headers=auth(token))
     assert response.status == 401, "the revoked session is served again"
+
+
+async def test_a_revocation_while_redis_is_down_still_evicts_every_accounts_tokens(
+    make_sandbox: MakeSandbox, make_broker: MakeBroker, sandbox: Sandbox,
+    cache_settings: CacheSettings, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The operator gets a 503 (not shared with the other replicas), but here every
+    account's cached tokens of the customer are gone, not only the first account's."""
+    other = await make_sandbox(client_id="client-b", client_secret="client-b-secret",
+                               partner_id="partner_beta")  # fmt: skip
+    server, cache = own_redis(cache_settings, tmp_path)
+    await asyncio.to_thread(server.start)
+    try:
+        settings = _with_beta(replace(make_settings(sandbox.url), cache=cache), sandbox, other)
+        broker = await make_broker(settings, CollectorRegistry())
+        for api_key in (API_KEY, KEY_B):
+            response = await broker.post(
+                "/v1/checkout-auth/init",
+                json={"customer_id": "cus_alice", "invoice_id": "inv_alice_1"},
+                headers=auth(api_key),
+            )
+            token = (await response.json())["token"]
+            assert (await broker.get("/checkout/invoice", headers=auth(token))).status == 200
+        gateway: Gateway = broker.app[gateway_key]
+        key = token_key("cus_alice", "inv_alice_1")
+        accounts = [gateway.account("default"), gateway.account("beta")]
+        assert all(account.tokens.cached(key) is not None for account in accounts)
+
+        await asyncio.to_thread(server.kill)
+        with pytest.raises(ServiceUnavailable):
+            await gateway.revoke_customer("cus_alice", time.time())
+        assert [account.tokens.cached(key) for account in accounts] == [None, None]
+    finally:
+        await asyncio.to_thread(server.kill)
