@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+
+from redis.asyncio.client import PubSub
 
 from broker.observability.logs import get_logger
 from broker.redis.link import REDIS_FAULTS, RedisLink, stop_task
@@ -131,4 +133,11 @@ class ClusterEvents:
         finally:
             with contextlib.suppress(*REDIS_FAULTS):
                 async with asyncio.timeout(self._link.timeout):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                    await _closer(pubsub)()
+
+
+def _closer(pubsub: PubSub) -> Callable[[], Awaitable[None]]:
+    # Typed here: redis-py up to 8.1 leaves PubSub.aclose unannotated, 8.2 annotates it,
+    # so neither a bare call nor a type: ignore type-checks on both.
+    close: Callable[[], Awaitable[None]] = pubsub.aclose
+    return close
