@@ -1,5 +1,6 @@
-"""A whole answer written in one go (``Answer``): the small relayed upstream answers
-and the broker's own errors, nearly every answer the public listener sends.
+"""A whole answer written in one go (``Answer``): the small relayed upstream answers,
+the broker's own errors and JSON answers, CORS preflights: nearly every answer the
+public and admin listeners send.
 
 aiohttp's ``web.Response`` takes a dozen Python calls to get out (its constructor and
 body setter, ``prepare``, two ``_start``, ``_prepare_headers``, ``_write_headers``,

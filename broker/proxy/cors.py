@@ -18,6 +18,7 @@ from broker.headers import (
     ORIGIN,
     VARY,
 )
+from broker.proxy.answer import Answer
 
 # Exactly what the SDK sends: Authorization, Content-Type and Accept on every call (so
 # every call is preflighted) and Idempotency-Key on payments.
@@ -47,9 +48,10 @@ class CorsPolicy:
             and ACCESS_CONTROL_REQUEST_METHOD in request.headers
         )
 
-    def preflight_response(self) -> web.Response:
+    def preflight_response(self) -> Answer:
         # Allow-Origin, Vary and Expose are added to every response by `decorate`.
-        return web.Response(
+        return Answer(
+            b"",
             status=204,
             headers={
                 ACCESS_CONTROL_ALLOW_METHODS: ALLOWED_METHODS,

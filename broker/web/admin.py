@@ -16,6 +16,7 @@ from broker.auth.sessions import AuthFailure
 from broker.credentials import customer_of, fingerprint, key_ids, unverified_claims, valid_id
 from broker.errors import BadRequest, NotFound
 from broker.observability.logs import get_logger
+from broker.proxy.answer import Answer, json_answer
 from broker.proxy.relay import read_body
 from broker.web.handlers import NO_STORE, bearer_token
 from broker.web.keys import exchange_key, gateway_key, reloader_key
@@ -47,7 +48,7 @@ def _authenticate(request: web.Request, action: str, **audited: str) -> None:
         raise AuthFailure("unknown_admin_key")
 
 
-async def customer_tokens(request: web.Request) -> web.Response:
+async def customer_tokens(request: web.Request) -> Answer:
     customer_id = _authorise(request, "list_tokens")
     gateway = request.app[gateway_key]
     now = time.time()
@@ -65,10 +66,10 @@ async def customer_tokens(request: web.Request) -> web.Response:
     ]
     log.info("admin_audit", action="list_tokens", customer_id=customer_id,
              remote=request.remote, outcome="ok", tokens=len(tokens))  # fmt: skip
-    return web.json_response({"customer_id": customer_id, "tokens": tokens}, headers=NO_STORE)
+    return json_answer({"customer_id": customer_id, "tokens": tokens}, headers=NO_STORE)
 
 
-async def partners(request: web.Request) -> web.Response:
+async def partners(request: web.Request) -> Answer:
     """Each partner account: its upstream, the credential in use, whether it has a
     partner token now, how many checkout JWTs it caches. No secret, no token."""
     _authenticate(request, "list_partners")
@@ -85,10 +86,10 @@ async def partners(request: web.Request) -> web.Response:
         for account in gateway.accounts.values()
     ]
     log.info("admin_audit", action="list_partners", remote=request.remote, outcome="ok")
-    return web.json_response({"partners": listed}, headers=NO_STORE)
+    return json_answer({"partners": listed}, headers=NO_STORE)
 
 
-async def promote(request: web.Request) -> web.Response:
+async def promote(request: web.Request) -> Answer:
     """Make one of a partner's configured credentials the primary one (rotation)."""
     partner = request.match_info["partner"]
     _authenticate(request, "promote", partner=partner[:64])
@@ -104,17 +105,17 @@ async def promote(request: web.Request) -> web.Response:
     log.info("admin_audit", action="promote", partner=partner, client_id=client_id,
              remote=request.remote, outcome="ok")  # fmt: skip
     body = {"partner": partner, "client_id": client_id, "promoted": True}
-    return web.json_response(body, headers=NO_STORE)
+    return json_answer(body, headers=NO_STORE)
 
 
-async def reload(request: web.Request) -> web.Response:
+async def reload(request: web.Request) -> Answer:
     """Read the configuration again here and (with Redis) on every replica."""
     _authenticate(request, "reload")
     report = await request.app[reloader_key].reload_everywhere("admin")
     outcome = str(report["status"])
     log.info("admin_audit", action="reload", remote=request.remote, outcome=outcome)
     status = 200 if outcome == "reloaded" else 409
-    return web.json_response(report, status=status, headers=NO_STORE)
+    return json_answer(report, status=status, headers=NO_STORE)
 
 
 async def _json_body(request: web.Request) -> dict[str, object]:
@@ -136,7 +137,7 @@ def _age(token: str, now: float) -> float | None:
     return None
 
 
-async def revoke_customer(request: web.Request) -> web.Response:
+async def revoke_customer(request: web.Request) -> Answer:
     customer_id = _authorise(request, "revoke")
     gateway = request.app[gateway_key]
     before = time.time()
@@ -144,4 +145,4 @@ async def revoke_customer(request: web.Request) -> web.Response:
     log.info("admin_audit", action="revoke", customer_id=customer_id, remote=request.remote,
              outcome="ok", tokens_evicted=evicted, revoked_before=before)  # fmt: skip
     body = {"customer_id": customer_id, "evicted": evicted, "sessions_revoked_before": before}
-    return web.json_response(body, headers=NO_STORE)
+    return json_answer(body, headers=NO_STORE)

@@ -306,7 +306,7 @@ def _refusal(request: web.Request, exc: Exception, gateway: Gateway) -> Answer:
     return error_response(request, BrokerError("unhandled error"), gateway)
 
 
-def _guard(request: web.Request, gateway: Gateway, route: str) -> web.Response | None:
+def _guard(request: web.Request, gateway: Gateway, route: str) -> Answer | None:
     """Refuse ambiguous requests, apply the per-IP limit, answer CORS preflights."""
     # A repeated Host, Content-Length or Transfer-Encoding, or both framings at once, never
     # get here: aiohttp's request parser refuses them (llhttp, and since aiohttp 3.13.4 its

@@ -15,6 +15,7 @@ from broker.gateway import Gateway
 from broker.headers import AUTHORIZATION, CACHE_CONTROL, PRAGMA
 from broker.observability.logs import get_logger
 from broker.observability.tracing import Tracing, maybe_span
+from broker.proxy.answer import Answer, json_answer
 from broker.proxy.relay import (
     read_body,
     relay_response,
@@ -55,28 +56,28 @@ def bearer_token(request: web.Request) -> str:
     return credential
 
 
-async def health(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"}, headers=NO_STORE)
+async def health(_request: web.Request) -> Answer:
+    return json_answer({"status": "ok"}, headers=NO_STORE)
 
 
-async def readiness(request: web.Request) -> web.Response:
+async def readiness(request: web.Request) -> Answer:
     gateway = request.app[gateway_key]
     problems = await gateway.readiness_problems()
     gateway.metrics.ready.set(0 if problems else 1)
     if problems:
         body = {"status": "not_ready", "reasons": problems}
-        return web.json_response(body, status=503, headers=NO_STORE)
+        return json_answer(body, status=503, headers=NO_STORE)
     notes = gateway.readiness_notes()  # e.g. Redis down: this replica serves alone
     ready = {"status": "ready", "notes": notes} if notes else {"status": "ready"}
-    return web.json_response(ready, headers=NO_STORE)
+    return json_answer(ready, headers=NO_STORE)
 
 
-async def jwks(request: web.Request) -> web.Response:
+async def jwks(request: web.Request) -> Answer:
     keys = request.app[gateway_key].sessions.jwks()
-    return web.json_response(keys, headers={CACHE_CONTROL: "public, max-age=300"})
+    return json_answer(keys, headers={CACHE_CONTROL: "public, max-age=300"})
 
 
-async def issue_session(request: web.Request) -> web.Response:
+async def issue_session(request: web.Request) -> Answer:
     """``POST /v1/checkout-auth/init``: a partner backend (API key) or a browser (IdP JWT)."""
     gateway = request.app[gateway_key]
     exchange = request[exchange_key]
@@ -115,7 +116,7 @@ async def issue_session(request: web.Request) -> web.Response:
     issued = gateway.sessions.issue(key, partner=account.id, client_id=account.api.active_client_id)
     account.metrics.sessions_issued.labels(partner=account.id, auth=auth).inc()
     body = {"token": issued.token, "expires_at": issued.expires_at}
-    return web.json_response(body, headers=TOKEN_ANSWER)
+    return json_answer(body, headers=TOKEN_ANSWER)
 
 
 class _DuplicateKey(Exception):
