@@ -293,8 +293,16 @@ def _serve_until_stopped(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     log_unknown_environment(os.environ)
-    workers = settings.server.workers if args.workers is None else args.workers
-    run(load, workers or os.cpu_count() or 1)
+    workers = (settings.server.workers if args.workers is None else args.workers) or (
+        os.cpu_count() or 1
+    )
+    # Loading checked server.workers; --workers may change the count, so check it again.
+    problems: list[str] = []
+    Checker(problems).admin_workers(settings.admin, workers=workers, backend=settings.cache.backend)
+    if problems:
+        _print_problems(ConfigError(problems))
+        return EXIT_CONFIG
+    run(load, workers)
     return EXIT_OK
 
 

@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from aiohttp import web
 
 from broker import __version__, compiled
 from broker.config import listen
-from broker.config.checks import Checker
 from broker.config.model import Settings
 from broker.observability.logs import configure_logging, flush_logs, get_logger
 from broker.observability.tracing import open_tracing
@@ -191,11 +189,9 @@ def run(load: LoadSettings, workers: int) -> None:
     if workers <= 1:
         run_loop(serve(load(), load=load))
         return
-    settings = load()
-    refuse_unshared_admin(settings, workers)
     # Every worker binds with SO_REUSEPORT; an address taken by another program is
     # found here, once, rather than by each worker.
-    for sockets in bind_listeners(settings, reuse_port=True).values():
+    for sockets in bind_listeners(load(), reuse_port=True).values():
         listen.close(sockets)
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker, args=(load,)) for _ in range(workers)]
@@ -216,19 +212,6 @@ def run(load: LoadSettings, workers: int) -> None:
     if failed and all(code == listen.CannotListen.exit_code for code in failed):
         raise SystemExit(listen.CannotListen.exit_code)
     raise SystemExit(1 if failed else 0)
-
-
-def refuse_unshared_admin(settings: Settings, workers: int) -> None:
-    """Exit 1, before any worker starts, when the admin API would change one worker of
-    *workers* only. Checked here, where the number is known: ``--workers`` overrides
-    ``server.workers``, and 0 there is resolved to the number of cores. (A reload
-    cannot bring the combination about: all three settings need a restart.)"""
-    problems: list[str] = []
-    Checker(problems).admin_workers(settings.admin, workers=workers, backend=settings.cache.backend)
-    if problems:
-        lines = "".join(f"  - {problem}\n" for problem in problems)
-        sys.stderr.write(f"token-broker: invalid configuration:\n{lines}")
-        raise SystemExit(1)
 
 
 def _worker(load: LoadSettings) -> None:
